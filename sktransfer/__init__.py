@@ -1,0 +1,25 @@
+"""Transfer learning for images as scikit-learn estimators."""
+
+from . import _torchvision_backbones  # noqa: F401  (registers the families)
+from ._backbones import BackboneSpec, get_backbone, list_backbones, register_backbone
+from ._base import BadImagesError
+from ._cache import clear_feature_cache
+from ._classifier import PretrainedCNNClassifier
+from ._images import ImageLoadError
+from ._persistence import InconsistentVersionWarning
+from ._training import NonFiniteLossError
+from ._version import __version__
+
+__all__ = [
+    "BackboneSpec",
+    "BadImagesError",
+    "ImageLoadError",
+    "InconsistentVersionWarning",
+    "NonFiniteLossError",
+    "PretrainedCNNClassifier",
+    "__version__",
+    "clear_feature_cache",
+    "get_backbone",
+    "list_backbones",
+    "register_backbone",
+]

@@ -1,0 +1,562 @@
+"""The public classifier: a pretrained CNN with a new head, on image paths."""
+
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import ClassifierMixin, _fit_context
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import compute_class_weight
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, column_or_1d
+from skorch.callbacks import EarlyStopping
+from skorch.dataset import Dataset as SkorchDataset
+from skorch.helper import predefined_split
+from torch import nn
+
+from ._base import (
+    BadImagesError,
+    TransferEstimatorBase,
+    torch_seed,
+    warn_skipped,
+)
+from ._data import ImageDataset, check_image_paths
+from ._features import default_num_workers
+from ._module import build_transfer_module
+from ._training import StopOnNonFiniteLoss, TransferNet, run_fit, seeded
+from ._transforms import eval_transform, train_transform
+
+_OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+}
+
+
+class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
+    """Image classifier from a pretrained CNN backbone and a trainable head.
+
+    ``X`` is a 1-D array-like of image file paths. The backbone is cut into
+    ordered blocks (stem first); the last ``unfreeze`` blocks and a new head
+    are trained, the rest stays frozen, BatchNorm statistics included. With
+    the frozen part fixed and ``augment=False``, its output is computed once
+    per image and cached, so each epoch only runs what is trained.
+
+    Parameters
+    ----------
+    backbone : str, default="resnet50"
+        Registered backbone name (see :func:`sktransfer.list_backbones`), or
+        ``"timm/<model_name>"`` for any timm model.
+    weights : str, path or None, default="DEFAULT"
+        ``"DEFAULT"`` for the recommended pretrained weights, a weights name
+        such as ``"IMAGENET1K_V2"``, ``None`` for random initialisation, or
+        the path of a local state-dict file (``.pth`` or ``.safetensors``).
+    unfreeze : int or "all", default=0
+        How many of the backbone's last blocks train: 0 trains only the head
+        (feature extraction); ``"all"`` fine-tunes the whole network.
+    hidden_layer_sizes : tuple of int, default=()
+        Hidden layers of the head; ``()`` is a linear head.
+    dropout : float, default=0.0
+        Dropout before each layer of the head.
+    max_epochs : int, default=10
+        Training epochs.
+    lr : float, default=1e-3
+        Learning rate of the head.
+    backbone_lr_ratio : float, default=0.1
+        Learning rate of unfrozen backbone blocks, relative to ``lr``.
+    batch_size : int, default=32
+        Training batch size.
+    inference_batch_size : int or None, default=None
+        Batch size for feature extraction and prediction; ``None`` means
+        ``2 * batch_size``.
+    optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
+        Optimizer; ``"sgd"`` uses momentum 0.9.
+    image_size : int or None, default=None
+        Side of the square crop fed to the network. ``None`` uses the size
+        the weights were trained with; the resize keeps the same ratio.
+    augment : bool, default=False
+        Random resized crops and horizontal flips on training images only.
+        The frozen part then runs every epoch (features can't be cached).
+    validation_fraction : float or None, default=None
+        Fraction of the training data held out, stratified and seeded by
+        ``random_state``, to report validation loss and accuracy each epoch
+        and drive ``early_stopping``. ``None`` trains on everything.
+    early_stopping : int or None, default=None
+        Stop when the validation loss has not improved for this many epochs
+        and keep the best weights. Needs ``validation_fraction``.
+    class_weight : "balanced", dict or None, default=None
+        Weights of the classes in the loss.
+    batchnorm : {"auto", "frozen", "train"}, default="auto"
+        BatchNorm layers inside *unfrozen* blocks: ``"frozen"`` keeps their
+        pretrained running statistics (their scale and shift still train),
+        ``"train"`` updates them. ``"auto"`` is ``"frozen"`` for pretrained
+        weights and ``"train"`` for ``weights=None``. Frozen blocks always
+        keep theirs.
+    cache : "auto", bool, path or joblib.Memory, default="auto"
+        Feature cache of the frozen part. ``"auto"``/``True``: in memory,
+        shared by fits in this process (CV folds, search candidates).
+        A directory or ``joblib.Memory``: also on disk, shared across
+        processes and sessions. ``False``: never cache (the frozen part runs
+        every epoch).
+    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+        Precision of the frozen forward pass (and of training on CUDA).
+        ``"auto"``: bf16 on GPUs that support it, else fp16; on the CPU bf16
+        only where the CPU has native bf16 units, else fp32.
+    device : str, default="auto"
+        ``"auto"`` uses CUDA when available, else the CPU; or any torch
+        device string such as ``"cpu"`` or ``"cuda:1"``.
+    num_workers : int or None, default=None
+        Background processes decoding images; ``None`` picks from the number
+        of CPUs and images.
+    on_bad_image : {"raise", "skip"}, default="raise"
+        In ``fit``, unusable image files either raise one error listing all
+        of them, or are dropped with their labels and a warning. Prediction
+        always raises, since every input needs an output.
+    max_image_pixels : int or None, default=None
+        Refuse larger images (decompression-bomb guard). ``None`` uses
+        Pillow's limit.
+    net_params : dict or None, default=None
+        Extra keyword arguments for skorch's ``NeuralNetClassifier``, e.g.
+        ``{"optimizer__weight_decay": 0.05, "callbacks": [...]}``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the head initialisation, shuffling, augmentation and the
+        validation split; with an int, fits on the CPU are repeatable.
+    verbose : int, default=0
+        0 prints nothing; 1 shows progress bars and skorch's epoch table.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class labels, sorted.
+    n_classes_ : int
+        Number of classes.
+    model_ : TransferModule
+        The trained torch module (frozen prefix and trainable suffix).
+    history_ : skorch.History
+        Per-epoch training loss (and validation loss and accuracy).
+    device_ : str
+        Device the model lives on.
+    preprocessing_ : Preprocessing
+        Resize, crop and normalisation applied to images.
+    n_frozen_blocks_ : int
+        Number of frozen backbone blocks.
+    n_train_images_ : int
+        Number of images used for training (after skipping bad ones).
+    skipped_images_ : list of (str, str)
+        Files skipped by ``on_bad_image="skip"``, with the reason.
+    interrupted_ : bool
+        Whether training was stopped early with Ctrl-C.
+
+    See Also
+    --------
+    sktransfer.list_backbones : Available backbones.
+
+    Examples
+    --------
+    >>> from sktransfer import PretrainedCNNClassifier
+    >>> clf = PretrainedCNNClassifier(backbone="resnet18", weights=None,
+    ...                               max_epochs=2, random_state=0)
+    >>> clf.fit(paths, labels)  # doctest: +SKIP
+    >>> clf.predict(paths[:3])  # doctest: +SKIP
+    """
+
+    _parameter_constraints = {
+        **TransferEstimatorBase._parameter_constraints,
+        "unfreeze": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
+        "hidden_layer_sizes": [tuple, list],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "backbone_lr_ratio": [Interval(Real, 0, None, closed="left")],
+        "optimizer": [StrOptions(set(_OPTIMIZERS)), type],
+        "augment": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
+        "early_stopping": [Interval(Integral, 1, None, closed="left"), None],
+        "class_weight": [StrOptions({"balanced"}), dict, None],
+        "batchnorm": [StrOptions({"auto", "frozen", "train"})],
+        "on_bad_image": [StrOptions({"raise", "skip"})],
+        "net_params": [dict, None],
+    }
+
+    def __init__(
+        self,
+        backbone="resnet50",
+        weights="DEFAULT",
+        unfreeze=0,
+        *,
+        hidden_layer_sizes=(),
+        dropout=0.0,
+        max_epochs=10,
+        lr=1e-3,
+        backbone_lr_ratio=0.1,
+        batch_size=32,
+        inference_batch_size=None,
+        optimizer="adamw",
+        image_size=None,
+        augment=False,
+        validation_fraction=None,
+        early_stopping=None,
+        class_weight=None,
+        batchnorm="auto",
+        cache="auto",
+        precision="auto",
+        device="auto",
+        num_workers=None,
+        on_bad_image="raise",
+        max_image_pixels=None,
+        net_params=None,
+        random_state=None,
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.unfreeze = unfreeze
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.dropout = dropout
+        self.max_epochs = max_epochs
+        self.lr = lr
+        self.backbone_lr_ratio = backbone_lr_ratio
+        self.batch_size = batch_size
+        self.inference_batch_size = inference_batch_size
+        self.optimizer = optimizer
+        self.image_size = image_size
+        self.augment = augment
+        self.validation_fraction = validation_fraction
+        self.early_stopping = early_stopping
+        self.class_weight = class_weight
+        self.batchnorm = batchnorm
+        self.cache = cache
+        self.precision = precision
+        self.device = device
+        self.num_workers = num_workers
+        self.on_bad_image = on_bad_image
+        self.max_image_pixels = max_image_pixels
+        self.net_params = net_params
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- building ---------------------------------------------------------
+
+    def _n_unfrozen(self, n_blocks):
+        if self.unfreeze == "all":
+            return n_blocks
+        if self.unfreeze > n_blocks:
+            raise ValueError(
+                f"unfreeze={self.unfreeze} is larger than the {n_blocks} blocks of "
+                f"backbone {self.backbone!r}. Use an int from 0 to {n_blocks}, or "
+                "'all'."
+            )
+        return self.unfreeze
+
+    def _freeze_bn_stats(self):
+        if self.batchnorm == "auto":
+            return self.weights is not None
+        return self.batchnorm == "frozen"
+
+    def _assemble_module(self, weights):
+        spec, parts = self._build_backbone(weights)
+        n_unfrozen = self._n_unfrozen(spec.n_blocks)
+        self.n_frozen_blocks_ = spec.n_blocks - n_unfrozen
+        module = build_transfer_module(
+            parts,
+            n_unfrozen,
+            self.n_classes_,
+            hidden_layer_sizes=tuple(self.hidden_layer_sizes),
+            dropout=self.dropout,
+            freeze_bn_stats=self._freeze_bn_stats(),
+        )
+        return module
+
+    def _rebuild_module(self, attr):
+        # Loading a pickle: the architecture only; the state dict follows.
+        return self._assemble_module(weights=None)
+
+    # -- fitting ----------------------------------------------------------
+
+    def _check_targets(self, y, n_samples):
+        y = column_or_1d(y, warn=True)
+        if len(y) != n_samples:
+            raise ValueError(
+                f"X and y have inconsistent numbers of samples: {n_samples} image "
+                f"paths and {len(y)} labels."
+            )
+        check_classification_targets(y)
+        return y
+
+    def _set_classes(self, y):
+        encoder = LabelEncoder().fit(y)
+        if len(encoder.classes_) < 2:
+            raise ValueError(
+                "The training data must contain at least two classes; got only "
+                f"{encoder.classes_.tolist()}."
+            )
+        self.classes_ = encoder.classes_
+        self.n_classes_ = len(self.classes_)
+        return encoder.transform(y)
+
+    def _usable(self, paths, errors):
+        """Boolean mask of usable images, applying ``on_bad_image``."""
+        keep = np.ones(len(paths), dtype=bool)
+        if not errors:
+            return keep
+        bad = [(paths[i], reason) for i, reason in errors]
+        if self.on_bad_image == "raise" or len(errors) == len(paths):
+            raise BadImagesError(
+                bad,
+                "fix or remove them, or pass on_bad_image='skip' to train "
+                "without them",
+            )
+        warn_skipped(bad, len(paths), stacklevel=4)
+        keep[[i for i, _ in errors]] = False
+        self.skipped_images_ = bad
+        return keep
+
+    def _validation_split(self, y):
+        indices = np.arange(len(y))
+        if self.validation_fraction is None:
+            return indices, None
+        try:
+            return train_test_split(
+                indices,
+                test_size=self.validation_fraction,
+                stratify=y,
+                random_state=self.torch_seed_,
+            )
+        except ValueError as exc:
+            raise ValueError(
+                f"Cannot hold out a stratified validation_fraction="
+                f"{self.validation_fraction} of {len(y)} images: {exc}. Every "
+                "class needs at least 2 images and the held-out part at least "
+                "one per class; add images, change validation_fraction, or set "
+                "it to None."
+            ) from exc
+
+    def _loss_weights(self, y_encoded, y_original):
+        if self.class_weight is None:
+            return None
+        weights = compute_class_weight(
+            self.class_weight, classes=self.classes_, y=y_original
+        )
+        return torch.as_tensor(weights, dtype=torch.float32)
+
+    def _make_net(self, module, train_split, loss_weights, num_workers):
+        callbacks = [("nonfinite_loss", StopOnNonFiniteLoss())]
+        if self.early_stopping is not None:
+            callbacks.append(
+                (
+                    "early_stopping",
+                    EarlyStopping(patience=self.early_stopping, load_best=True),
+                )
+            )
+        optimizer = _OPTIMIZERS.get(self.optimizer, self.optimizer)
+        kwargs = {}
+        if optimizer is torch.optim.SGD:
+            kwargs["optimizer__momentum"] = 0.9
+        if self.n_frozen_blocks_ < self.backbone_n_blocks_:
+            kwargs["optimizer__param_groups"] = [
+                ("*trainable.*", {"lr": self.lr * self.backbone_lr_ratio})
+            ]
+        if num_workers:
+            kwargs.update(
+                iterator_train__num_workers=num_workers,
+                iterator_train__persistent_workers=True,
+                iterator_valid__num_workers=num_workers,
+            )
+        on_cuda = torch.device(self.device_).type == "cuda"
+        kwargs.update(self.net_params or {})
+        return TransferNet(
+            module=module,
+            criterion=nn.CrossEntropyLoss,
+            criterion__weight=loss_weights,
+            optimizer=optimizer,
+            lr=self.lr,
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            train_split=train_split,
+            iterator_train__shuffle=True,
+            callbacks=callbacks,
+            classes=np.arange(self.n_classes_),
+            device=self.device_,
+            verbose=self.verbose,
+            autocast_dtype=self.frozen_dtype_ if on_cuda else None,
+            **kwargs,
+        )
+
+    def _uses_feature_cache(self):
+        return self.cache is not False and not self.augment
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y):
+        """Train the head (and unfrozen blocks) on images and labels.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples,)
+            Image file paths (str or pathlib.Path).
+        y : array-like of shape (n_samples,)
+            Class labels (strings, integers, ...).
+
+        Returns
+        -------
+        self : PretrainedCNNClassifier
+            The fitted estimator.
+        """
+        if self.early_stopping is not None and self.validation_fraction is None:
+            raise ValueError(
+                "early_stopping needs held-out data to monitor: set "
+                "validation_fraction (e.g. 0.1) or early_stopping=None."
+            )
+        paths = check_image_paths(X)
+        y = self._check_targets(y, len(paths))
+        self._setup_runtime()
+        self.torch_seed_ = torch_seed(self.random_state)
+        self.skipped_images_ = []
+        self.interrupted_ = False
+        # Classes are fixed before images are checked so the head can be
+        # built; they are checked again if bad images are skipped.
+        self._set_classes(y)
+        with seeded(self.torch_seed_, self.device_):
+            self.model_ = self._assemble_module(self.weights)
+            self.model_.to(self.device_, memory_format=torch.channels_last)
+            if self._uses_feature_cache():
+                features, errors = self._frozen_features(
+                    paths, self.model_.frozen,
+                    batch_size=self._inference_batch_size(),
+                )
+            else:
+                features, errors = None, self._find_bad_images(paths)
+            keep = self._usable(paths, errors)
+            paths, y = paths[keep], y[keep]
+            if features is not None:
+                features = features[torch.from_numpy(keep)]
+            y_encoded = self._refit_classes_if_needed(y)
+            self.n_train_images_ = len(paths)
+            interrupted = self._train(paths, features, y, y_encoded)
+        self.model_.eval()
+        if interrupted:
+            self.interrupted_ = True
+            warnings.warn(
+                f"Training was interrupted after {len(self.history_)} epoch(s); "
+                "the model keeps the weights reached so far.",
+                UserWarning,
+                stacklevel=2,
+            )
+            raise KeyboardInterrupt
+        return self
+
+    def _refit_classes_if_needed(self, y):
+        n_before = self.n_classes_
+        y_encoded = self._set_classes(y)
+        if self.n_classes_ != n_before:
+            # Skipping bad images removed a whole class: rebuild the head.
+            self.model_ = self._assemble_module(self.weights)
+            self.model_.to(self.device_, memory_format=torch.channels_last)
+        return y_encoded
+
+    def _train(self, paths, features, y, y_encoded):
+        train_idx, valid_idx = self._validation_split(y_encoded)
+        targets = torch.as_tensor(y_encoded, dtype=torch.int64)
+        if features is not None:
+            module, num_workers = self.model_.suffix, 0
+            X_train, y_train = features[train_idx], targets[train_idx]
+            valid = (
+                None if valid_idx is None
+                else SkorchDataset(features[valid_idx], targets[valid_idx])
+            )
+        else:
+            module = self.model_
+            num_workers = self.num_workers
+            if num_workers is None:
+                num_workers = default_num_workers(len(train_idx), self.batch_size)
+            prep = self.preprocessing_
+            transform = train_transform(prep) if self.augment else eval_transform(prep)
+            X_train, y_train = self._image_dataset(paths[train_idx], transform,
+                                                   targets[train_idx]), None
+            valid = (
+                None if valid_idx is None
+                else self._image_dataset(paths[valid_idx], eval_transform(prep),
+                                         targets[valid_idx])
+            )
+        net = self._make_net(
+            module,
+            predefined_split(valid) if valid is not None else None,
+            self._loss_weights(y_encoded, y),
+            num_workers,
+        )
+        interrupted = run_fit(net, X_train, y_train)
+        self.history_ = net.history
+        return interrupted
+
+    def _image_dataset(self, paths, transform, targets):
+        return ImageDataset(
+            paths, transform, targets=targets,
+            max_image_pixels=self.max_image_pixels,
+            min_side=self.preprocessing_.resize_size,
+        )
+
+    # -- prediction -------------------------------------------------------
+
+    def _run_suffix(self, features, fn):
+        outputs = []
+        batch_size = self._inference_batch_size()
+        with torch.inference_mode():
+            for start in range(0, len(features), batch_size):
+                batch = features[start : start + batch_size].to(self.device_)
+                outputs.append(fn(batch).float().cpu())
+        return torch.cat(outputs)
+
+    def predict_proba(self, X):
+        """Class probabilities, columns in the order of ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples,)
+            Image file paths.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+        """
+        check_is_fitted(self)
+        features = self._features_or_raise(X, self.model_.frozen)
+        self.model_.eval()
+        logits = self._run_suffix(features, self.model_.suffix)
+        return torch.softmax(logits.double(), dim=1).numpy()
+
+    def predict(self, X):
+        """Predicted class label of each image.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples,)
+            Image file paths.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            Labels from ``classes_``.
+        """
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def transform(self, X):
+        """Penultimate features of the fitted network (the head's input).
+
+        With a linear head this is the pooled backbone embedding (fine-tuned
+        blocks included); with hidden layers, the last hidden layer.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples,)
+            Image file paths.
+
+        Returns
+        -------
+        features : ndarray of shape (n_samples, n_features)
+        """
+        check_is_fitted(self)
+        features = self._features_or_raise(X, self.model_.frozen)
+        self.model_.eval()
+        return self._run_suffix(features, self.model_.suffix.embed).numpy()

@@ -1,0 +1,131 @@
+"""Validate arrays of image paths and feed them to torch through Datasets."""
+
+import numbers
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ._images import ImageLoadError, load_rgb_image
+
+__all__ = ["ImageDataset", "check_image_paths", "format_bad_images"]
+
+
+def check_image_paths(X, *, name="X"):
+    """Validate ``X`` as a 1-D sequence of paths; return an object array of str.
+
+    Object dtype matters: a numpy unicode array is as wide as its longest
+    path times four bytes, for every element.
+    """
+    if hasattr(X, "to_numpy"):  # pandas Series / Index
+        X = X.to_numpy(dtype=object)
+    if isinstance(X, (str, os.PathLike)):
+        raise ValueError(
+            f"{name} must be a 1-D array-like of image file paths, got a single "
+            f"path {os.fspath(X)!r}. Wrap it in a list: [{os.fspath(X)!r}]."
+        )
+    try:
+        arr = np.asarray(X, dtype=object)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{name} must be a 1-D array-like of image file paths: {exc}"
+        ) from None
+    if arr.ndim != 1:
+        raise ValueError(
+            f"{name} must be a 1-D array-like of image file paths, got an array "
+            f"of shape {arr.shape}. Pass one path per sample, e.g. a list of "
+            "str or a pandas Series."
+        )
+    if arr.shape[0] == 0:
+        raise ValueError(
+            f"{name} is empty: found 0 image paths while a minimum of 1 is "
+            "required."
+        )
+    out = np.empty(arr.shape[0], dtype=object)
+    for i, value in enumerate(arr):
+        if isinstance(value, (str, os.PathLike)) and os.fspath(value) != "":
+            out[i] = os.fspath(value)
+            continue
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            what = "a missing value (None or NaN)"
+        elif isinstance(value, (numbers.Number, np.generic)):
+            what = f"the number {value!r}"
+        elif isinstance(value, str):
+            what = "an empty string"
+        else:
+            what = f"a {type(value).__name__}"
+        raise ValueError(
+            f"{name}[{i}] is {what}, not an image file path. Every element of "
+            f"{name} must be a str or pathlib.Path naming an image file."
+        )
+    return out
+
+
+def format_bad_images(errors, max_listed=20):
+    """One message listing bad files, ``errors`` being (path, reason) pairs."""
+    lines = [f"  {path}: {reason}" for path, reason in errors[:max_listed]]
+    if len(errors) > max_listed:
+        lines.append(f"  ... and {len(errors) - max_listed} more")
+    return "\n".join(lines)
+
+
+class ImageDataset(Dataset):
+    """Images at ``paths`` as transformed tensors.
+
+    Items are ``(image, target)``. With ``targets=None`` the target is the
+    sample's index and load failures are returned, not raised, as a zero
+    image and a flag, so one pass can report every bad file at once:
+    items are then ``(image, index, error_message)``.
+
+    Parameters
+    ----------
+    paths : array-like of str
+        Image files.
+    transform : callable
+        Maps an RGB Pillow image to a tensor.
+    targets : array-like of int or None, default=None
+        Class indices for training; ``None`` for feature extraction.
+    max_image_pixels : int or None, default=None
+        Passed to the image loader.
+    min_side : int or None, default=None
+        Shorter side the transform resizes to; lets JPEGs decode at reduced
+        scale.
+    """
+
+    def __init__(
+        self, paths, transform, targets=None, max_image_pixels=None, min_side=None
+    ):
+        self.paths = paths
+        self.transform = transform
+        self.targets = targets
+        self.max_image_pixels = max_image_pixels
+        self.min_side = min_side
+
+    def __len__(self):
+        return len(self.paths)
+
+    def _load(self, i):
+        img = load_rgb_image(
+            self.paths[i],
+            max_image_pixels=self.max_image_pixels,
+            min_side=self.min_side,
+        )
+        return self.transform(img)
+
+    def __getitem__(self, i):
+        if self.targets is not None:
+            return self._load(i), self.targets[i]
+        try:
+            return self._load(i), i, ""
+        except ImageLoadError as exc:
+            return None, i, exc.reason
+
+
+def collate_with_errors(items):
+    """Stack loaded images; keep indices and messages of the failed ones."""
+    ok = [(img, i) for img, i, err in items if not err]
+    failed = [(i, err) for _, i, err in items if err]
+    images = torch.stack([img for img, _ in ok]) if ok else None
+    indices = [i for _, i in ok]
+    return images, indices, failed

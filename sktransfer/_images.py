@@ -1,0 +1,164 @@
+"""Open image files safely and convert them to RGB the way a person sees them.
+
+Pillow's global settings are never changed: formats come from an allow-list,
+the pixel limit is checked here against a per-call value, and warning-sized
+decompression bombs are treated as errors too.
+"""
+
+import math
+import os
+import stat
+import struct
+
+import numpy as np
+from PIL import Image, ImageOps
+
+__all__ = ["ALLOWED_FORMATS", "ImageLoadError", "load_rgb_image"]
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "MPO", "ICO")
+
+# Fill colour for transparent pixels: white, as viewers and browsers show them.
+_BACKGROUND = (255, 255, 255, 255)
+
+
+class ImageLoadError(ValueError):
+    """An image file that cannot be used, with its path and the reason."""
+
+    def __init__(self, path, reason):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def default_max_image_pixels():
+    """Pillow's pixel limit as currently configured (read, never written)."""
+    return Image.MAX_IMAGE_PIXELS
+
+
+def _check_regular_file(path):
+    try:
+        st = os.stat(path)  # follows links, so a dangling link is "missing"
+    except FileNotFoundError:
+        raise ImageLoadError(path, "file does not exist") from None
+    except OSError as exc:
+        raise ImageLoadError(path, f"cannot access file ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageLoadError(path, "is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageLoadError(path, "is not a regular file (device, FIFO or socket)")
+    if st.st_size == 0:
+        raise ImageLoadError(path, "file is empty (0 bytes)")
+
+
+def _identify(fp, path):
+    """Open ``fp`` with the first allowed Pillow plugin that accepts it.
+
+    This mirrors ``Image.open(fp, formats=ALLOWED_FORMATS)`` without its
+    global pixel-limit check, which is applied by the caller instead.
+    """
+    Image.init()
+    prefix = fp.read(16)
+    for fmt in ALLOWED_FORMATS:
+        factory, accept = Image.OPEN[fmt]
+        if accept is not None and accept(prefix) is not True:
+            continue
+        fp.seek(0)
+        try:
+            return factory(fp, os.fspath(path))
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue
+    raise ImageLoadError(
+        path,
+        "not a readable image (unknown format or corrupt header); allowed "
+        f"formats: {', '.join(ALLOWED_FORMATS)}",
+    )
+
+
+def _draft_size(size, min_side):
+    """Smallest size with the image's aspect whose shorter side is ``min_side``."""
+    w, h = size
+    ratio = min_side / min(w, h)
+    return math.ceil(w * ratio), math.ceil(h * ratio)
+
+
+def _high_bit_depth_to_l(img):
+    """Scale 16-bit and 32-bit grey images to 8 bits instead of clipping them."""
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0
+    else:
+        # "I;16*" images are 16-bit; "I" may hold 8- or 16-bit data.
+        is_16bit = img.mode.startswith("I;16") or arr.max(initial=0.0) > 255
+        scale = 1.0 / 257.0 if is_16bit else 1.0
+    arr = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr, mode="L")
+
+
+def _has_alpha(img):
+    return img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        "transparency" in img.info
+    )
+
+
+def to_rgb(img):
+    """Convert any Pillow image to 8-bit RGB, compositing alpha on white."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        img = _high_bit_depth_to_l(img)
+    if _has_alpha(img):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _BACKGROUND)
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb_image(path, *, max_image_pixels=None, min_side=None):
+    """Load an image file as an upright 8-bit RGB Pillow image.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Image file.
+    max_image_pixels : int or None, default=None
+        Refuse images with more pixels than this. ``None`` uses Pillow's
+        ``Image.MAX_IMAGE_PIXELS``.
+    min_side : int or None, default=None
+        If given, JPEGs are decoded at the smallest reduced scale whose
+        shorter side is still at least ``min_side`` (much faster for large
+        photos that are resized anyway).
+
+    Returns
+    -------
+    image : PIL.Image.Image
+        RGB image with EXIF orientation applied; for animated images, the
+        first frame.
+
+    Raises
+    ------
+    ImageLoadError
+        With the path and the reason, for every kind of unusable file.
+    """
+    _check_regular_file(path)
+    limit = default_max_image_pixels() if max_image_pixels is None else max_image_pixels
+    try:
+        with open(path, "rb") as fp:
+            img = _identify(fp, path)
+            n_pixels = img.size[0] * img.size[1]
+            if limit is not None and n_pixels > limit:
+                raise ImageLoadError(
+                    path,
+                    f"image has {n_pixels:,} pixels, more than the limit of "
+                    f"{limit:,} (a possible decompression bomb). If the file is "
+                    "trusted, raise the limit with the max_image_pixels parameter.",
+                )
+            if min_side is not None and img.format == "JPEG":
+                img.draft(None, _draft_size(img.size, min_side))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as exc:  # not an OSError
+        raise ImageLoadError(path, str(exc)) from None
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise ImageLoadError(path, f"cannot decode image ({reason})") from None

@@ -1,0 +1,124 @@
+"""The torch module: a frozen prefix, a trainable suffix and a new head.
+
+``TransferModule(x) = suffix(frozen(x))`` where ``suffix`` holds the unfrozen
+blocks (and the pooling neck) followed by the head. Because ``frozen`` is
+never trained, its output can be computed once and cached; the suffix alone
+is then trained on those features.
+"""
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ["TrainableSuffix", "TransferModule", "build_head", "build_transfer_module"]
+
+
+def build_head(in_features, n_classes, hidden_layer_sizes=(), dropout=0.0):
+    """Linear classifier, or an MLP with ReLU and dropout between layers."""
+    layers = []
+    for width in hidden_layer_sizes:
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True)]
+        in_features = width
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(in_features, n_classes))
+    return nn.Sequential(*layers)
+
+
+class TrainableSuffix(nn.Module):
+    """Unfrozen blocks and neck (``trainable``) followed by the ``head``.
+
+    Parameters
+    ----------
+    trainable : torch.nn.Module
+        Unfrozen backbone blocks and the neck (may have no parameters).
+    head : torch.nn.Module
+        The new classifier.
+    freeze_bn_stats : bool
+        Keep BatchNorm layers in ``trainable`` in eval mode while training,
+        so their pretrained running statistics are used and not updated by
+        small, unrepresentative batches. Their affine parameters still train.
+    """
+
+    def __init__(self, trainable, head, freeze_bn_stats):
+        super().__init__()
+        self.trainable = trainable
+        self.head = head
+        self.freeze_bn_stats = freeze_bn_stats
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.freeze_bn_stats:
+            for module in self.trainable.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    def embed(self, features):
+        """Penultimate representation: the input of the head's last layer."""
+        x = self.trainable(features)
+        for layer in list(self.head)[:-1]:
+            x = layer(x)
+        return x
+
+    def forward(self, features):
+        return self.head(self.trainable(features))
+
+
+class TransferModule(nn.Module):
+    """Frozen backbone prefix followed by a :class:`TrainableSuffix`.
+
+    The prefix has ``requires_grad=False`` and stays in eval mode whatever
+    ``train()`` is asked for: skorch switches the whole module to training
+    mode at every step, which would otherwise let frozen BatchNorm running
+    statistics drift.
+    """
+
+    def __init__(self, frozen, suffix):
+        super().__init__()
+        self.frozen = frozen
+        self.suffix = suffix
+        for param in self.frozen.parameters():
+            param.requires_grad_(False)
+        self.frozen.eval()
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.frozen.eval()
+        return self
+
+    def forward(self, x):
+        with torch.no_grad():
+            features = self.frozen(x)
+        return self.suffix(features)
+
+
+def build_transfer_module(
+    parts, n_unfrozen, n_classes, *, hidden_layer_sizes=(), dropout=0.0,
+    freeze_bn_stats=True,
+):
+    """Assemble a :class:`TransferModule` from a built backbone.
+
+    Parameters
+    ----------
+    parts : BackboneParts
+        The backbone's blocks, neck and feature width.
+    n_unfrozen : int
+        How many of the last blocks train (0 to ``len(parts.blocks)``).
+    n_classes : int
+        Output width of the head.
+    """
+    n_frozen = len(parts.blocks) - n_unfrozen
+    frozen_layers = list(parts.blocks[:n_frozen])
+    trainable_layers = list(parts.blocks[n_frozen:])
+    # With every block frozen the neck is frozen too, so the cached features
+    # are the small pooled embedding rather than the last feature map.
+    if n_unfrozen == 0:
+        frozen_layers.append(parts.neck)
+    else:
+        trainable_layers.append(parts.neck)
+    head = build_head(parts.feature_dim, n_classes, hidden_layer_sizes, dropout)
+    suffix = TrainableSuffix(nn.Sequential(*trainable_layers), head, freeze_bn_stats)
+    return TransferModule(nn.Sequential(*frozen_layers), suffix)

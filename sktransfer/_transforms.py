@@ -1,0 +1,88 @@
+"""Image preprocessing: the resize, crop and normalisation a backbone expects."""
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torchvision.transforms import v2
+
+__all__ = ["Preprocessing", "eval_transform", "train_transform"]
+
+_INTERPOLATIONS = {
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "bicubic": v2.InterpolationMode.BICUBIC,
+    "nearest": v2.InterpolationMode.NEAREST,
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Evaluation-time preprocessing of a backbone's weights.
+
+    The image's shorter side is resized to ``resize_size``, the centre
+    ``crop_size`` square is cut out, and channels are normalised with
+    ``mean`` and ``std``.
+    """
+
+    resize_size: int
+    crop_size: int
+    mean: tuple
+    std: tuple
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def from_torchvision(cls, weights):
+        """Read preprocessing from a torchvision weights enum member."""
+        t = weights.transforms()
+        return cls(
+            resize_size=int(t.resize_size[0]),
+            crop_size=int(t.crop_size[0]),
+            mean=tuple(float(m) for m in t.mean),
+            std=tuple(float(s) for s in t.std),
+            interpolation=t.interpolation.value,
+        )
+
+    def with_image_size(self, image_size):
+        """Return a copy cropping to ``image_size``, keeping the resize ratio."""
+        if image_size is None or image_size == self.crop_size:
+            return self
+        ratio = self.resize_size / self.crop_size
+        return replace(
+            self, crop_size=int(image_size), resize_size=round(image_size * ratio)
+        )
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def _tensor_steps(prep):
+    return [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(prep.mean), std=list(prep.std)),
+    ]
+
+
+def eval_transform(prep):
+    """Deterministic transform: resize, centre crop, to normalised tensor."""
+    interpolation = _INTERPOLATIONS[prep.interpolation]
+    return v2.Compose(
+        [
+            v2.Resize(prep.resize_size, interpolation=interpolation, antialias=True),
+            v2.CenterCrop(prep.crop_size),
+            *_tensor_steps(prep),
+        ]
+    )
+
+
+def train_transform(prep):
+    """Augmenting transform: random resized crop and horizontal flip."""
+    interpolation = _INTERPOLATIONS[prep.interpolation]
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(
+                prep.crop_size, interpolation=interpolation, antialias=True
+            ),
+            v2.RandomHorizontalFlip(),
+            *_tensor_steps(prep),
+        ]
+    )

@@ -1,0 +1,92 @@
+"""Resolve the ``weights`` parameter to loaded tensors, offline where possible.
+
+``weights`` is one of: ``"DEFAULT"`` (the recommended pretrained weights),
+the name of a torchvision weights enum member such as ``"IMAGENET1K_V2"``,
+``None`` (random initialisation) or a path to a local state-dict file.
+"""
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["file_sha256", "is_weights_path", "load_state_dict_file"]
+
+
+def is_weights_path(weights):
+    """Whether ``weights`` names a file rather than a weights enum member."""
+    if isinstance(weights, os.PathLike):
+        return True
+    return isinstance(weights, str) and (
+        os.sep in weights or weights.endswith((".pth", ".pt", ".safetensors"))
+    )
+
+
+def file_sha256(path, chunk_size=1 << 20):
+    """Hex SHA-256 of a file's contents."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_state_dict_file(path):
+    """Load a state dict from ``path`` without unpickling arbitrary objects.
+
+    ``.safetensors`` files are read with safetensors; anything else goes
+    through ``torch.load(..., weights_only=True)``, which refuses pickled
+    code. Checkpoints that wrap the state dict under ``"state_dict"`` or
+    ``"model"`` are unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Weights file {str(path)!r} does not exist. Pass weights='DEFAULT', "
+            "None, or the path of an existing state-dict file."
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ...
+        raise ValueError(
+            f"Could not load weights file {str(path)!r} as a plain state dict "
+            f"({type(exc).__name__}: {exc}). Only tensors are accepted; save "
+            "weights with torch.save(model.state_dict(), path)."
+        ) from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"Weights file {str(path)!r} holds a {type(state).__name__}, not a "
+            "state dict (a mapping of parameter names to tensors)."
+        )
+    return state
+
+
+def load_torchvision_weights(model, weights_enum, model_name):
+    """Load a torchvision weights enum member into ``model``, from the cache.
+
+    torchvision downloads weights into ``$TORCH_HOME/hub/checkpoints`` the
+    first time; later calls, and machines where the file was copied there,
+    need no network.
+    """
+    checkpoint_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    filename = os.path.basename(weights_enum.url)
+    try:
+        state = weights_enum.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # URLError, HTTPError, socket errors, ...
+        raise RuntimeError(
+            f"Could not download the weights {weights_enum} for {model_name!r} "
+            f"({type(exc).__name__}: {exc}). To work offline, put the file "
+            f"{filename!r} (from {weights_enum.url}) into {str(checkpoint_dir)!r} "
+            "(set TORCH_HOME to choose another cache), or pass "
+            "weights='/path/to/state_dict.pth'."
+        ) from exc
+    model.load_state_dict(state)
+    return model
