@@ -94,7 +94,7 @@ def _make_torchvision_builder(name, split):
             # Random init; preprocessing still follows the default weights.
             prep_source, weights_id = enum_cls.DEFAULT, "random"
         elif is_weights_path(weights):
-            model.load_state_dict(_strip_classifier_mismatch(model, weights))
+            model.load_state_dict(_load_backbone_state(model, weights))
             prep_source = enum_cls.DEFAULT
             weights_id = f"file:sha256:{file_sha256(weights)}"
         else:
@@ -122,7 +122,7 @@ def _weights_member(enum_cls, weights, model_name):
     return enum_cls[member]
 
 
-def _strip_classifier_mismatch(model, path):
+def _load_backbone_state(model, path):
     """Load a state dict from ``path``; a classifier of another width is dropped.
 
     Users often fine-tune a model on their own classes and save it whole; the
@@ -135,8 +135,10 @@ def _strip_classifier_mismatch(model, path):
     ]
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    if unexpected or any(not _is_classifier_key(k) for k in missing + mismatched):
-        bad = unexpected + [k for k in missing + mismatched if not _is_classifier_key(k)]
+    bad = unexpected + [
+        k for k in missing + mismatched if not _is_classifier_key(k)
+    ]
+    if bad:
         raise ValueError(
             f"Weights file {str(path)!r} does not match the architecture: "
             f"{len(bad)} mismatching keys, e.g. {bad[:5]}. Check that the file "
