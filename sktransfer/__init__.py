@@ -5,6 +5,7 @@ from ._backbones import BackboneSpec, get_backbone, list_backbones, register_bac
 from ._base import BadImagesError
 from ._cache import clear_feature_cache
 from ._classifier import PretrainedCNNClassifier
+from ._extractor import PretrainedFeatureExtractor
 from ._images import ImageLoadError
 from ._persistence import InconsistentVersionWarning
 from ._training import NonFiniteLossError
@@ -17,6 +18,7 @@ __all__ = [
     "InconsistentVersionWarning",
     "NonFiniteLossError",
     "PretrainedCNNClassifier",
+    "PretrainedFeatureExtractor",
     "__version__",
     "clear_feature_cache",
     "get_backbone",

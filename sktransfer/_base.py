@@ -2,6 +2,7 @@
 backbone, images, device, precision and cache, and the frozen feature pass."""
 
 import os
+import sys
 import warnings
 from numbers import Integral
 
@@ -37,11 +38,43 @@ class BadImagesError(ImageLoadError):
         self.reason = message
 
 
+def _dask_worker_rank():
+    """Rank of the Dask worker running this code, or None outside one.
+
+    ``distributed`` is only consulted if something already imported it, so
+    plain use never pays for importing Dask.
+    """
+    if "distributed" not in sys.modules:
+        return None
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    name = worker.name
+    try:
+        return int(name)  # LocalCluster and dask-jobqueue name workers 0, 1, ...
+    except (TypeError, ValueError):
+        # Named workers: a stable number from the name, so a worker keeps
+        # its GPU across tasks.
+        return sum(str(name).encode())
+
+
 def resolve_device(device):
-    """``"auto"`` picks CUDA when available; other values pass through."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
+    """``"auto"`` picks CUDA when available; other values pass through.
+
+    Inside a Dask worker on a host with several visible GPUs, ``"auto"``
+    spreads workers over them: ``cuda:{rank % n_gpus}``. Restricting a worker
+    with ``CUDA_VISIBLE_DEVICES`` leaves it one visible GPU, which it uses.
+    """
+    if device != "auto":
+        return str(device)
+    if not torch.cuda.is_available():
+        return "cpu"
+    n_gpus = torch.cuda.device_count()
+    rank = _dask_worker_rank() if n_gpus > 1 else None
+    return "cuda" if rank is None else f"cuda:{rank % n_gpus}"
 
 
 def cpu_has_fast_bf16():
@@ -97,12 +130,20 @@ class TransferEstimatorBase(VersionStampMixin, BaseEstimator):
         tags.non_deterministic = True  # unless random_state is set
         return tags
 
-    def _build_backbone(self, weights):
+    def _build_backbone(self, weights, *, restoring=False):
+        """Build the backbone; set the fitted attributes it determines.
+
+        ``restoring=True`` (loading a saved model) builds the architecture
+        only and keeps the fitted ``preprocessing_`` and ``weights_id_``: the
+        randomly initialised stand-in must not replace those of the weights
+        the model was fitted with.
+        """
         spec = get_backbone(self.backbone)
         parts = spec.build(weights)
-        self.backbone_n_blocks_ = spec.n_blocks
-        self.preprocessing_ = parts.preprocessing.with_image_size(self.image_size)
-        self.weights_id_ = parts.weights_id
+        if not restoring:
+            self.backbone_n_blocks_ = spec.n_blocks
+            self.preprocessing_ = parts.preprocessing.with_image_size(self.image_size)
+            self.weights_id_ = parts.weights_id
         return spec, parts
 
     def _setup_runtime(self):

@@ -256,8 +256,8 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             return self.weights is not None
         return self.batchnorm == "frozen"
 
-    def _assemble_module(self, weights):
-        spec, parts = self._build_backbone(weights)
+    def _assemble_module(self, weights, *, restoring=False):
+        spec, parts = self._build_backbone(weights, restoring=restoring)
         n_unfrozen = self._n_unfrozen(spec.n_blocks)
         self.n_frozen_blocks_ = spec.n_blocks - n_unfrozen
         module = build_transfer_module(
@@ -272,7 +272,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
 
     def _rebuild_module(self, attr):
         # Loading a pickle: the architecture only; the state dict follows.
-        return self._assemble_module(weights=None)
+        return self._assemble_module(weights=None, restoring=True)
 
     # -- fitting ----------------------------------------------------------
 

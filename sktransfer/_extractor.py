@@ -1,0 +1,197 @@
+"""The public feature extractor: a frozen pretrained CNN as a transformer."""
+
+import numpy as np
+import torch
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from ._base import TransferEstimatorBase, torch_seed
+from ._data import check_image_paths
+from ._training import seeded
+
+__all__ = ["PretrainedFeatureExtractor"]
+
+
+def frozen_backbone(parts):
+    """Every block and the pooling neck, frozen: images to pooled embeddings.
+
+    The same layers, in the same order, as the frozen part of a classifier
+    with ``unfreeze=0``, so both produce (and cache) the same features.
+    """
+    module = nn.Sequential(*parts.blocks, parts.neck)
+    for param in module.parameters():
+        param.requires_grad_(False)
+    return module.eval()
+
+
+class PretrainedFeatureExtractor(
+    ClassNamePrefixFeaturesOutMixin, TransformerMixin, TransferEstimatorBase
+):
+    """Pooled embeddings of images from a frozen pretrained CNN.
+
+    ``X`` is a 1-D array-like of image file paths; :meth:`transform` returns
+    one row of ``n_features_out`` floats per image, so any scikit-learn model
+    can be trained on top (logistic regression, kNN, SVMs, ...). Embeddings
+    go through the same feature cache as :class:`PretrainedCNNClassifier`,
+    and equal the features its frozen part computes with ``unfreeze=0``.
+
+    Parameters
+    ----------
+    backbone : str, default="resnet50"
+        Registered backbone name (see :func:`sktransfer.list_backbones`), or
+        ``"timm/<model_name>"`` for any timm model.
+    weights : str, path or None, default="DEFAULT"
+        ``"DEFAULT"`` for the recommended pretrained weights, a weights name
+        such as ``"IMAGENET1K_V2"``, ``None`` for random initialisation, or
+        the path of a local state-dict file (``.pth`` or ``.safetensors``).
+    image_size : int or None, default=None
+        Side of the square crop fed to the network. ``None`` uses the size
+        the weights were trained with.
+    batch_size : int, default=64
+        Images per forward pass.
+    cache : "auto", bool, path or joblib.Memory, default="auto"
+        Feature cache: ``"auto"``/``True`` in memory for this process, a
+        directory or ``joblib.Memory`` also on disk (shared across processes),
+        ``False`` never.
+    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+        Precision of the forward pass; ``"auto"`` as in
+        :class:`PretrainedCNNClassifier`.
+    device : str, default="auto"
+        ``"auto"`` uses CUDA when available, else the CPU; or any torch
+        device string.
+    num_workers : int or None, default=None
+        Background processes decoding images; ``None`` picks from the number
+        of CPUs and images.
+    max_image_pixels : int or None, default=None
+        Refuse larger images (decompression-bomb guard).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initialisation of a backbone with ``weights=None``.
+    verbose : int, default=0
+        0 prints nothing; 1 shows a progress bar while extracting.
+
+    Attributes
+    ----------
+    n_features_out_ : int
+        Width of the embedding.
+    device_ : str
+        Device the backbone lives on.
+    preprocessing_ : Preprocessing
+        Resize, crop and normalisation applied to images.
+    frozen_ : torch.nn.Module
+        The frozen backbone and pooling neck.
+
+    See Also
+    --------
+    PretrainedCNNClassifier : Trains a head (and optionally blocks) end to end.
+
+    Examples
+    --------
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sktransfer import PretrainedFeatureExtractor
+    >>> model = make_pipeline(
+    ...     PretrainedFeatureExtractor(backbone="resnet18"), LogisticRegression()
+    ... )
+    >>> model.fit(paths, labels)  # doctest: +SKIP
+    """
+
+    _parameter_constraints = {
+        name: constraint
+        for name, constraint in TransferEstimatorBase._parameter_constraints.items()
+        if name != "inference_batch_size"
+    }
+    _module_attributes = ("frozen_",)
+
+    def __init__(
+        self,
+        backbone="resnet50",
+        weights="DEFAULT",
+        *,
+        image_size=None,
+        batch_size=64,
+        cache="auto",
+        precision="auto",
+        device="auto",
+        num_workers=None,
+        max_image_pixels=None,
+        random_state=None,
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.cache = cache
+        self.precision = precision
+        self.device = device
+        self.num_workers = num_workers
+        self.max_image_pixels = max_image_pixels
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _build_frozen(self, weights, *, restoring=False):
+        spec, parts = self._build_backbone(weights, restoring=restoring)
+        self.n_frozen_blocks_ = spec.n_blocks
+        self.n_features_out_ = parts.feature_dim
+        return frozen_backbone(parts)
+
+    def _rebuild_module(self, attr):
+        # Loading a pickle: the architecture only; the state dict follows.
+        return self._build_frozen(weights=None, restoring=True)
+
+    def _inference_batch_size(self):
+        return self.batch_size
+
+    @property
+    def _n_features_out(self):
+        # Read by ClassNamePrefixFeaturesOutMixin.get_feature_names_out.
+        return self.n_features_out_
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Build the frozen backbone (loading its weights); no training.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples,)
+            Image file paths; only validated, not read.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : PretrainedFeatureExtractor
+            The fitted extractor.
+        """
+        check_image_paths(X)
+        self._setup_runtime()
+        self.torch_seed_ = torch_seed(self.random_state)
+        # Seeded exactly as the classifier builds its backbone, so a random
+        # backbone is the same one (and shares cached features).
+        with seeded(self.torch_seed_, self.device_):
+            frozen = self._build_frozen(self.weights)
+        self.frozen_ = frozen.to(self.device_, memory_format=torch.channels_last)
+        return self
+
+    def transform(self, X):
+        """Pooled embedding of each image.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples,)
+            Image file paths.
+
+        Returns
+        -------
+        features : ndarray of shape (n_samples, n_features_out_), float32
+        """
+        check_is_fitted(self)
+        features = self._features_or_raise(X, self.frozen_)
+        return np.ascontiguousarray(features.numpy(), dtype=np.float32)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = True
+        tags.transformer_tags.preserves_dtype = []  # paths in, float32 out
+        return tags
