@@ -11,11 +11,16 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import compute_class_weight
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    column_or_1d,
+)
 from skorch.callbacks import EarlyStopping
 from skorch.dataset import Dataset as SkorchDataset
 from skorch.helper import predefined_split
 from torch import nn
+from torch.utils.data import Dataset
 
 from ._base import (
     BadImagesError,
@@ -34,6 +39,33 @@ _OPTIMIZERS = {
     "adamw": torch.optim.AdamW,
     "sgd": torch.optim.SGD,
 }
+
+
+def _weighted(dataset_cls, features, targets, weights, idx):
+    """A skorch Dataset of rows ``idx``, carrying their sample weights."""
+    if weights is None:
+        return dataset_cls(features[idx], targets[idx])
+    return dataset_cls({"X": features[idx], "sample_weight": weights[idx]},
+                       targets[idx])
+
+
+class _WeightedDataset(Dataset):
+    """Items ``({"X": image, "sample_weight": w}, target)`` of an image dataset."""
+
+    def __init__(self, dataset, weights):
+        self.dataset = dataset
+        self.weights = weights
+
+    @classmethod
+    def wrap(cls, dataset, weights, idx):
+        return dataset if weights is None else cls(dataset, weights[idx])
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, y = self.dataset[i]
+        return {"X": x, "sample_weight": self.weights[i]}, y
 
 
 class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
@@ -121,6 +153,11 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
     net_params : dict or None, default=None
         Extra keyword arguments for skorch's ``NeuralNetClassifier``, e.g.
         ``{"optimizer__weight_decay": 0.05, "callbacks": [...]}``.
+    warm_start : bool, default=False
+        When True, ``fit`` on a fitted model continues training its weights
+        for ``max_epochs`` more epochs (same classes required) instead of
+        starting again. The optimizer state starts afresh; ``history_``
+        continues.
     random_state : int, RandomState instance or None, default=None
         Seeds the head initialisation, shuffling, augmentation and the
         validation split; with an int, fits on the CPU are repeatable.
@@ -149,6 +186,8 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         Files skipped by ``on_bad_image="skip"``, with the reason.
     interrupted_ : bool
         Whether training was stopped early with Ctrl-C.
+    torch_seed_ : int or None
+        Seed of the model initialisation, derived from ``random_state``.
 
     See Also
     --------
@@ -179,6 +218,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         "batchnorm": [StrOptions({"auto", "frozen", "train"})],
         "on_bad_image": [StrOptions({"raise", "skip"})],
         "net_params": [dict, None],
+        "warm_start": ["boolean"],
     }
 
     def __init__(
@@ -208,6 +248,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         on_bad_image="raise",
         max_image_pixels=None,
         net_params=None,
+        warm_start=False,
         random_state=None,
         verbose=0,
     ):
@@ -235,6 +276,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         self.on_bad_image = on_bad_image
         self.max_image_pixels = max_image_pixels
         self.net_params = net_params
+        self.warm_start = warm_start
         self.random_state = random_state
         self.verbose = verbose
 
@@ -342,7 +384,8 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         )
         return torch.as_tensor(weights, dtype=torch.float32)
 
-    def _make_net(self, module, train_split, loss_weights, num_workers):
+    def _make_net(self, module, train_split, loss_weights, num_workers, *,
+                  max_epochs, weighted):
         callbacks = [("nonfinite_loss", StopOnNonFiniteLoss())]
         if self.early_stopping is not None:
             callbacks.append(
@@ -365,6 +408,8 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
                 iterator_train__persistent_workers=True,
                 iterator_valid__num_workers=num_workers,
             )
+        if weighted:  # TransferNet takes the weighted mean itself
+            kwargs["criterion__reduction"] = "none"
         on_cuda = torch.device(self.device_).type == "cuda"
         kwargs.update(self.net_params or {})
         return TransferNet(
@@ -373,7 +418,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             criterion__weight=loss_weights,
             optimizer=optimizer,
             lr=self.lr,
-            max_epochs=self.max_epochs,
+            max_epochs=max_epochs,
             batch_size=self.batch_size,
             train_split=train_split,
             iterator_train__shuffle=True,
@@ -389,7 +434,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         return self.cache is not False and not self.augment
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Train the head (and unfrozen blocks) on images and labels.
 
         Parameters
@@ -398,12 +443,56 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             Image file paths (str or pathlib.Path).
         y : array-like of shape (n_samples,)
             Class labels (strings, integers, ...).
+        sample_weight : array-like of shape (n_samples,) or None, default=None
+            Non-negative weight of each image in the loss (validation loss
+            included). Weights are rescaled to average 1, so only their
+            ratios matter; ``None`` weighs every image equally.
 
         Returns
         -------
         self : PretrainedCNNClassifier
             The fitted estimator.
         """
+        warm = self.warm_start and hasattr(self, "model_")
+        return self._fit(X, y, sample_weight, warm=warm, max_epochs=self.max_epochs)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
+        """Train one more epoch on ``X``, continuing from the fitted weights.
+
+        On an unfitted estimator this fits for a single epoch. Later calls
+        may pass new images, whose labels must all be in ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples,)
+            Image file paths.
+        y : array-like of shape (n_samples,)
+            Class labels.
+        classes : array-like of shape (n_classes,) or None, default=None
+            Every class of the problem, for the first call when ``y`` does
+            not contain them all; ignored (but checked) once fitted.
+        sample_weight : array-like of shape (n_samples,) or None, default=None
+            Weight of each image in the loss, as in :meth:`fit`.
+
+        Returns
+        -------
+        self : PretrainedCNNClassifier
+            The estimator, trained one more epoch.
+        """
+        warm = hasattr(self, "model_")
+        if warm and classes is not None and not np.array_equal(
+            np.unique(classes), self.classes_
+        ):
+            raise ValueError(
+                f"classes={list(np.unique(classes))} differs from the classes "
+                f"the model was fitted with, {self.classes_.tolist()}. A fitted "
+                "head cannot change its classes: call fit to start again."
+            )
+        return self._fit(X, y, sample_weight, warm=warm, max_epochs=1,
+                         classes=classes)
+
+    def _fit(self, X, y, sample_weight, *, warm, max_epochs, classes=None):
         if self.early_stopping is not None and self.validation_fraction is None:
             raise ValueError(
                 "early_stopping needs held-out data to monitor: set "
@@ -411,16 +500,28 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             )
         paths = check_image_paths(X)
         y = self._check_targets(y, len(paths))
-        self._setup_runtime()
-        self.torch_seed_ = torch_seed(self.random_state)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(
+                sample_weight, paths, ensure_non_negative=True
+            )
+        history = None
+        if warm:
+            self._encode_labels(y)
+            history = self.history_
+            seed = self._continued_seed()
+        else:
+            self._setup_runtime()
+            self.torch_seed_ = seed = torch_seed(self.random_state)
+            # Classes are fixed before images are checked so the head can be
+            # built; they are checked again if bad images are skipped.
+            self._set_classes(y if classes is None else classes)
+            self._encode_labels(y)
         self.skipped_images_ = []
         self.interrupted_ = False
-        # Classes are fixed before images are checked so the head can be
-        # built; they are checked again if bad images are skipped.
-        self._set_classes(y)
-        with seeded(self.torch_seed_, self.device_):
-            self.model_ = self._assemble_module(self.weights)
-            self.model_.to(self.device_, memory_format=torch.channels_last)
+        with seeded(seed, self.device_):
+            if not warm:
+                self.model_ = self._assemble_module(self.weights)
+                self.model_.to(self.device_, memory_format=torch.channels_last)
             if self._uses_feature_cache():
                 features, errors = self._frozen_features(
                     paths, self.model_.frozen,
@@ -430,11 +531,19 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
                 features, errors = None, self._find_bad_images(paths)
             keep = self._usable(paths, errors)
             paths, y = paths[keep], y[keep]
+            if sample_weight is not None:
+                sample_weight = sample_weight[keep]
             if features is not None:
                 features = features[torch.from_numpy(keep)]
-            y_encoded = self._refit_classes_if_needed(y)
+            if warm or classes is not None:
+                y_encoded = self._encode_labels(y)
+            else:
+                y_encoded = self._refit_classes_if_needed(y)
             self.n_train_images_ = len(paths)
-            interrupted = self._train(paths, features, y, y_encoded)
+            interrupted = self._train(
+                paths, features, y, y_encoded, sample_weight,
+                max_epochs=max_epochs, history=history,
+            )
         self.model_.eval()
         if interrupted:
             self.interrupted_ = True
@@ -442,10 +551,30 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
                 f"Training was interrupted after {len(self.history_)} epoch(s); "
                 "the model keeps the weights reached so far.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
             raise KeyboardInterrupt
         return self
+
+    def _continued_seed(self):
+        # A different, still reproducible, shuffle for each continued fit;
+        # torch_seed_ itself stays, as the feature cache key depends on it.
+        if self.torch_seed_ is None:
+            return None
+        return (self.torch_seed_ + len(self.history_)) % np.iinfo(np.int32).max
+
+    def _encode_labels(self, y):
+        """``y`` as indices into ``classes_``; unknown labels raise."""
+        unknown = np.setdiff1d(np.unique(y), self.classes_)
+        if len(unknown):
+            raise ValueError(
+                f"y contains labels {unknown.tolist()} that are not in the "
+                f"model's classes {self.classes_.tolist()}. Continued training "
+                "(warm_start, partial_fit) keeps the classes of the first fit; "
+                "pass every class there (partial_fit(..., classes=...)) or "
+                "refit from scratch."
+            )
+        return np.searchsorted(self.classes_, y)
 
     def _refit_classes_if_needed(self, y):
         n_before = self.n_classes_
@@ -456,15 +585,29 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             self.model_.to(self.device_, memory_format=torch.channels_last)
         return y_encoded
 
-    def _train(self, paths, features, y, y_encoded):
+    def _train(self, paths, features, y, y_encoded, sample_weight, *, max_epochs,
+               history):
         train_idx, valid_idx = self._validation_split(y_encoded)
         targets = torch.as_tensor(y_encoded, dtype=torch.int64)
+        weights = None
+        if sample_weight is not None:
+            total = sample_weight[train_idx].sum()
+            if not total > 0:
+                raise ValueError(
+                    "sample_weight is zero for every training image; give some "
+                    "images a positive weight."
+                )
+            # Mean 1 over the training images: uniform weights then train
+            # exactly as no weights, and lr keeps its meaning.
+            weights = torch.as_tensor(
+                sample_weight * (len(train_idx) / total), dtype=torch.float32
+            )
         if features is not None:
             module, num_workers = self.model_.suffix, 0
-            X_train, y_train = features[train_idx], targets[train_idx]
+            train = _weighted(SkorchDataset, features, targets, weights, train_idx)
             valid = (
                 None if valid_idx is None
-                else SkorchDataset(features[valid_idx], targets[valid_idx])
+                else _weighted(SkorchDataset, features, targets, weights, valid_idx)
             )
         else:
             module = self.model_
@@ -473,20 +616,26 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
                 num_workers = default_num_workers(len(train_idx), self.batch_size)
             prep = self.preprocessing_
             transform = train_transform(prep) if self.augment else eval_transform(prep)
-            X_train, y_train = self._image_dataset(paths[train_idx], transform,
-                                                   targets[train_idx]), None
+            train = self._image_dataset(paths[train_idx], transform,
+                                        targets[train_idx])
+            train = _WeightedDataset.wrap(train, weights, train_idx)
             valid = (
                 None if valid_idx is None
-                else self._image_dataset(paths[valid_idx], eval_transform(prep),
-                                         targets[valid_idx])
+                else _WeightedDataset.wrap(
+                    self._image_dataset(paths[valid_idx], eval_transform(prep),
+                                        targets[valid_idx]),
+                    weights, valid_idx,
+                )
             )
         net = self._make_net(
             module,
             predefined_split(valid) if valid is not None else None,
             self._loss_weights(y_encoded, y),
             num_workers,
+            max_epochs=max_epochs,
+            weighted=weights is not None,
         )
-        interrupted = run_fit(net, X_train, y_train)
+        interrupted = run_fit(net, train, None, history=history)
         self.history_ = net.history
         return interrupted
 
@@ -496,6 +645,26 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             max_image_pixels=self.max_image_pixels,
             min_side=self.preprocessing_.resize_size,
         )
+
+    def plot_history(self, ax=None):
+        """Plot training loss, validation loss and accuracy per epoch.
+
+        Needs matplotlib (``pip install "sktransfer[plot]"``).
+
+        Parameters
+        ----------
+        ax : matplotlib Axes or None, default=None
+            Where to draw; ``None`` makes a new figure.
+
+        Returns
+        -------
+        ax : matplotlib Axes
+            The axes holding the loss curves.
+        """
+        check_is_fitted(self)
+        from ._plotting import plot_history
+
+        return plot_history(self.history_, ax=ax)
 
     # -- prediction -------------------------------------------------------
 

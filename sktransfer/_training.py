@@ -1,10 +1,13 @@
 """skorch glue: the net subclass, a NaN guard, and an interruptible fit loop."""
 
 import contextlib
+from collections.abc import Mapping
 
 import torch
 from skorch import NeuralNetClassifier
 from skorch.callbacks import Callback
+from skorch.history import History
+from skorch.utils import to_tensor
 
 from ._features import autocast_context
 
@@ -44,6 +47,10 @@ class TransferNet(NeuralNetClassifier):
 
     With ``autocast_dtype`` set, forward passes run under ``torch.autocast``
     (mixed precision on CUDA); outputs are cast back to float32 for the loss.
+
+    Sample weights travel with the inputs: a batch ``X`` may be a dict
+    ``{"X": inputs, "sample_weight": weights}``; the criterion must then be
+    built with ``reduction="none"`` and the loss is the weighted mean.
     """
 
     def __init__(self, *args, autocast_dtype=None, **kwargs):
@@ -56,18 +63,30 @@ class TransferNet(NeuralNetClassifier):
                 yield name, param
 
     def infer(self, x, **fit_params):
+        if isinstance(x, Mapping):  # the weights are for the loss, not forward
+            x = x["X"]
         with autocast_context(self.device, self.autocast_dtype):
             return super().infer(x, **fit_params).float()
 
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        loss = super().get_loss(y_pred, y_true, X=X, training=training)
+        if isinstance(X, Mapping) and "sample_weight" in X:
+            weight = to_tensor(X["sample_weight"], device=self.device)
+            loss = (weight * loss).mean()
+        return loss
 
-def run_fit(net, X, y=None):
+
+def run_fit(net, X, y=None, history=None):
     """Initialise and train ``net``; return True if interrupted by Ctrl-C.
 
     skorch's own ``partial_fit`` swallows ``KeyboardInterrupt``, so a search
     would carry on with the next fold. Here it is reported to the caller,
-    which keeps the weights so far and then re-raises.
+    which keeps the weights so far and then re-raises. A ``history`` from
+    earlier fits is continued (epochs numbered on), not restarted.
     """
     net.initialize()
+    if history is not None:
+        net.history_ = History(history)
     net.notify("on_train_begin", X=X, y=y)
     interrupted = False
     try:
