@@ -146,6 +146,10 @@ class TransferEstimatorBase(VersionStampMixin, BaseEstimator):
             self.weights_id_ = parts.weights_id
         return spec, parts
 
+    def _place_module(self, module):
+        """Move ``module`` to ``device_`` in channels-last layout (faster convs)."""
+        return module.to(self.device_, memory_format=torch.channels_last)
+
     def _setup_runtime(self):
         self.device_ = resolve_device(self.device)
         self._setup_precision()

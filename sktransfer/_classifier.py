@@ -411,8 +411,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         if weighted:  # TransferNet takes the weighted mean itself
             kwargs["criterion__reduction"] = "none"
         on_cuda = torch.device(self.device_).type == "cuda"
-        kwargs.update(self.net_params or {})
-        return TransferNet(
+        kwargs.update(
             module=module,
             criterion=nn.CrossEntropyLoss,
             criterion__weight=loss_weights,
@@ -422,13 +421,16 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             batch_size=self.batch_size,
             train_split=train_split,
             iterator_train__shuffle=True,
-            callbacks=callbacks,
             classes=np.arange(self.n_classes_),
             device=self.device_,
             verbose=self.verbose,
             autocast_dtype=self.frozen_dtype_ if on_cuda else None,
-            **kwargs,
         )
+        user = dict(self.net_params or {})
+        # User callbacks are added to ours rather than replacing the guards.
+        callbacks += list(user.pop("callbacks", None) or [])
+        kwargs.update(user)
+        return TransferNet(callbacks=callbacks, **kwargs)
 
     def _uses_feature_cache(self):
         return self.cache is not False and not self.augment
@@ -518,28 +520,29 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             self._encode_labels(y)
         self.skipped_images_ = []
         self.interrupted_ = False
+        if not warm:
+            with seeded(seed, self.device_):
+                self.model_ = self._place_module(self._assemble_module(self.weights))
+        if self._uses_feature_cache():
+            features, errors = self._frozen_features(
+                paths, self.model_.frozen, batch_size=self._inference_batch_size()
+            )
+        else:
+            features, errors = None, self._find_bad_images(paths)
+        keep = self._usable(paths, errors)
+        paths, y = paths[keep], y[keep]
+        if sample_weight is not None:
+            sample_weight = sample_weight[keep]
+        if features is not None:
+            features = features[torch.from_numpy(keep)]
+        if warm or classes is not None:
+            y_encoded = self._encode_labels(y)
+        else:
+            y_encoded = self._refit_classes_if_needed(y)
+        self.n_train_images_ = len(paths)
+        # Training is seeded on its own, so whether features came from the
+        # cache (no loader, no random draws) does not change the result.
         with seeded(seed, self.device_):
-            if not warm:
-                self.model_ = self._assemble_module(self.weights)
-                self.model_.to(self.device_, memory_format=torch.channels_last)
-            if self._uses_feature_cache():
-                features, errors = self._frozen_features(
-                    paths, self.model_.frozen,
-                    batch_size=self._inference_batch_size(),
-                )
-            else:
-                features, errors = None, self._find_bad_images(paths)
-            keep = self._usable(paths, errors)
-            paths, y = paths[keep], y[keep]
-            if sample_weight is not None:
-                sample_weight = sample_weight[keep]
-            if features is not None:
-                features = features[torch.from_numpy(keep)]
-            if warm or classes is not None:
-                y_encoded = self._encode_labels(y)
-            else:
-                y_encoded = self._refit_classes_if_needed(y)
-            self.n_train_images_ = len(paths)
             interrupted = self._train(
                 paths, features, y, y_encoded, sample_weight,
                 max_epochs=max_epochs, history=history,
@@ -581,8 +584,9 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         y_encoded = self._set_classes(y)
         if self.n_classes_ != n_before:
             # Skipping bad images removed a whole class: rebuild the head.
-            self.model_ = self._assemble_module(self.weights)
-            self.model_.to(self.device_, memory_format=torch.channels_last)
+            with seeded(self.torch_seed_, self.device_):
+                module = self._assemble_module(self.weights)
+            self.model_ = self._place_module(module)
         return y_encoded
 
     def _train(self, paths, features, y, y_encoded, sample_weight, *, max_epochs,
@@ -708,7 +712,8 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         y_pred : ndarray of shape (n_samples,)
             Labels from ``classes_``.
         """
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
     def transform(self, X):
         """Penultimate features of the fitted network (the head's input).

@@ -1,7 +1,6 @@
 """The public feature extractor: a frozen pretrained CNN as a transformer."""
 
 import numpy as np
-import torch
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
@@ -171,7 +170,7 @@ class PretrainedFeatureExtractor(
         # backbone is the same one (and shares cached features).
         with seeded(self.torch_seed_, self.device_):
             frozen = self._build_frozen(self.weights)
-        self.frozen_ = frozen.to(self.device_, memory_format=torch.channels_last)
+        self.frozen_ = self._place_module(frozen)
         return self
 
     def transform(self, X):

@@ -62,7 +62,8 @@ class VersionStampMixin:
     """Pickle torch modules as CPU state dicts and stamp library versions.
 
     Subclasses implement ``_rebuild_module(attr)`` returning a freshly built,
-    untrained module of the right architecture for fitted attribute ``attr``.
+    untrained module of the right architecture for fitted attribute ``attr``,
+    and ``_place_module(module)`` moving it where ``fit`` puts it.
     """
 
     _module_attributes = ("model_",)
@@ -90,7 +91,7 @@ class VersionStampMixin:
         for attr, saved in modules.items():
             module = self._rebuild_module(attr)
             module.load_state_dict(saved.state_dict)
-            setattr(self, attr, module.to(self.device_).eval())
+            setattr(self, attr, self._place_module(module).eval())
 
     def _restore_device(self):
         device = getattr(self, "device_", "cpu")

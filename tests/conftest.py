@@ -45,7 +45,9 @@ def _build_tiny(weights):
 
 
 register_backbone(
-    BackboneSpec(name="tiny_cnn", family="test", build=_build_tiny, n_blocks=3),
+    BackboneSpec(
+        name="tiny_cnn", family="test", build=_build_tiny, n_blocks=3, source="test"
+    ),
     overwrite=True,
 )
 

@@ -1,0 +1,95 @@
+import pytest
+import torch
+from torch import nn
+from torchvision.models import get_model
+
+from sktransfer import get_backbone, list_backbones, register_backbone
+from sktransfer._module import build_transfer_module
+from sktransfer._torchvision_backbones import _FAMILIES
+
+TORCHVISION = [name for name in list_backbones() if get_backbone(name).source ==
+               "torchvision"]
+REQUIRED = [
+    "resnet18", "resnet34", "resnet50", "resnet101", "vgg11", "vgg11_bn", "vgg16",
+    "vgg16_bn", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
+    "efficientnet_v2_s", "convnext_tiny", "regnet_y_400mf", "densenet121",
+]
+
+
+def test_required_backbones_are_registered():
+    assert set(REQUIRED) <= set(list_backbones())
+
+
+def test_list_backbones_filters_by_family():
+    assert list_backbones(include="resnet") == [
+        "resnet101", "resnet18", "resnet34", "resnet50"
+    ]
+    assert not set(list_backbones(exclude=["resnet", "vgg"])) & {"resnet18", "vgg16"}
+
+
+def test_unknown_backbone_suggests_a_name():
+    with pytest.raises(ValueError, match="Did you mean 'resnet50'"):
+        get_backbone("resnet5")
+
+
+def test_duplicate_registration_raises():
+    with pytest.raises(ValueError, match="already registered"):
+        register_backbone(get_backbone("resnet18"))
+
+
+def _reference_embedding(name, model, x):
+    """The pooled embedding computed by torchvision's own forward."""
+    if name.startswith("vgg"):
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(model.features(x), 1), 1)
+    for attr in ("fc", "classifier"):
+        if hasattr(model, attr):
+            head = getattr(model, attr)
+            if isinstance(head, nn.Sequential) and name.startswith("convnext"):
+                head[-1] = nn.Identity()  # keep the final LayerNorm
+            else:
+                setattr(model, attr, nn.Identity())
+            break
+    return model(x)
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_blocks_and_neck_reproduce_the_model(name):
+    """Running the blocks then the neck equals torchvision's own feature path."""
+    spec = get_backbone(name)
+    model = get_model(name, weights=None).eval()
+    blocks, neck, dim = _FAMILIES[spec.family][0](model)
+    assert len(blocks) == spec.n_blocks
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = neck(nn.Sequential(*blocks)(x))
+        expected = _reference_embedding(name, model, x)
+    assert out.shape == (1, dim)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    # Every backbone parameter (the replaced classifier aside) is in a block
+    # or the neck, so unfreeze="all" really trains the whole backbone.
+    covered = {id(p) for m in [*blocks, neck] for p in m.parameters()}
+    backbone_params = [
+        p for n, p in model.named_parameters()
+        if not n.startswith(("fc.", "classifier."))
+    ]
+    assert all(id(p) in covered for p in backbone_params)
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_unfreeze_depth_controls_trainable_blocks(name):
+    spec = get_backbone(name)
+    n = spec.n_blocks
+    for k in sorted({0, 1, 2, n}):
+        parts = spec.build(None)
+        module = build_transfer_module(parts, k, n_classes=3)
+        frozen_params = list(module.frozen.parameters())
+        trainable_backbone = list(module.suffix.trainable.parameters())
+        assert all(not p.requires_grad for p in frozen_params)
+        assert all(p.requires_grad for p in trainable_backbone)
+        assert len(module.frozen) == n - k + (1 if k == 0 else 0)
+        expected_blocks = parts.blocks[n - k:]
+        n_expected = sum(p.numel() for b in expected_blocks for p in b.parameters())
+        n_neck = sum(p.numel() for p in parts.neck.parameters()) if k else 0
+        assert sum(p.numel() for p in trainable_backbone) == n_expected + n_neck
+        assert all(p.requires_grad for p in module.suffix.head.parameters())

@@ -1,0 +1,234 @@
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from sktransfer import PretrainedCNNClassifier
+
+
+def test_fit_predict_with_string_labels(colour_images, tiny_params):
+    paths, labels = colour_images
+    clf = PretrainedCNNClassifier(**tiny_params).fit(paths, labels)
+    assert list(clf.classes_) == ["green", "red"]
+    pred = clf.predict(paths)
+    assert pred.dtype.kind == "U" and set(pred) <= {"green", "red"}
+    proba = clf.predict_proba(paths)
+    assert proba.shape == (len(paths), 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(pred, clf.classes_[proba.argmax(axis=1)])
+    # Solid colours are trivially separable: the head must learn them.
+    assert clf.score(paths, labels) == 1.0
+
+
+def test_multiclass_and_integer_labels(three_class_images, tiny_params):
+    paths, labels = three_class_images
+    y = np.array([{"red": 3, "green": 7, "blue": 11}[s] for s in labels])
+    clf = PretrainedCNNClassifier(**dict(tiny_params, max_epochs=8)).fit(paths, y)
+    assert list(clf.classes_) == [3, 7, 11]
+    pred = clf.predict(paths)
+    assert pred.dtype.kind == "i"
+    assert clf.score(paths, y) >= 0.9
+
+
+def test_unfitted_estimator_raises(colour_images):
+    with pytest.raises(NotFittedError):
+        PretrainedCNNClassifier().predict(colour_images[0])
+
+
+def test_init_stores_parameters_only():
+    clf = PretrainedCNNClassifier(backbone="no_such_model", unfreeze=99)
+    assert clf.get_params()["backbone"] == "no_such_model"
+    assert not [k for k in vars(clf) if k.endswith("_")]
+
+
+def test_clone_get_params_set_params(colour_images, tiny_params):
+    clf = PretrainedCNNClassifier(**tiny_params)
+    clf.set_params(unfreeze=1, hidden_layer_sizes=(8,))
+    assert clf.get_params()["unfreeze"] == 1
+    clf.fit(*colour_images)
+    copy = clone(clf)
+    assert copy.get_params() == clf.get_params()
+    assert not hasattr(copy, "model_")
+
+
+def test_fit_does_not_rewrite_parameters(colour_images, tiny_params):
+    params = dict(tiny_params, device="auto", precision="auto", cache="auto")
+    clf = PretrainedCNNClassifier(**params)
+    before = clf.get_params()
+    clf.fit(*colour_images)
+    assert clf.get_params() == before
+    assert clf.device_ == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_pipeline(colour_images, tiny_params):
+    paths, labels = colour_images
+    pipe = Pipeline(
+        [
+            ("as_array", FunctionTransformer(np.asarray, validate=False)),
+            ("clf", PretrainedCNNClassifier(**tiny_params)),
+        ]
+    )
+    pipe.fit(paths, labels)
+    assert pipe.score(paths, labels) == 1.0
+
+
+def test_cross_val_score(colour_images, tiny_params):
+    paths, labels = colour_images
+    cv = StratifiedKFold(3, shuffle=True, random_state=0)
+    clf = PretrainedCNNClassifier(**dict(tiny_params, max_epochs=8))
+    scores = cross_val_score(clf, paths, labels,
+                             cv=cv)
+    assert scores.shape == (3,) and scores.min() >= 0.75
+
+
+def test_grid_search_over_backbone_and_unfreeze(colour_images, tiny_params):
+    paths, labels = colour_images
+    grid = GridSearchCV(
+        PretrainedCNNClassifier(**dict(tiny_params, image_size=32)),
+        {"backbone": ["tiny_cnn", "resnet18"], "unfreeze": [0, 1, 2]},
+        cv=2,
+    ).fit(paths, labels)
+    assert len(grid.cv_results_["params"]) == 6
+    assert grid.best_params_["backbone"] in ("tiny_cnn", "resnet18")
+    assert grid.best_estimator_.predict(paths[:2]).shape == (2,)
+
+
+def test_unfreeze_larger_than_block_count(colour_images, tiny_params):
+    with pytest.raises(ValueError, match="larger than the 3 blocks.*from 0 to 3"):
+        PretrainedCNNClassifier(**dict(tiny_params, unfreeze=4)).fit(*colour_images)
+
+
+def test_invalid_parameter_uses_sklearn_message(colour_images, tiny_params):
+    with pytest.raises(ValueError, match="The 'unfreeze' parameter of "
+                                         "PretrainedCNNClassifier must be"):
+        PretrainedCNNClassifier(**dict(tiny_params, unfreeze=-1)).fit(*colour_images)
+
+
+def test_joblib_round_trip(colour_images, tiny_params, tmp_path):
+    paths, labels = colour_images
+    clf = PretrainedCNNClassifier(**dict(tiny_params, unfreeze=1)).fit(paths, labels)
+    joblib.dump(clf, tmp_path / "model.joblib")
+    loaded = joblib.load(tmp_path / "model.joblib")
+    np.testing.assert_array_equal(loaded.predict_proba(paths), clf.predict_proba(paths))
+    np.testing.assert_array_equal(loaded.classes_, clf.classes_)
+
+
+def _frozen_snapshot(module):
+    return {k: v.clone() for k, v in module.frozen.state_dict().items()}
+
+
+def _bn_buffers(module):
+    return {
+        name: (m.running_mean.clone(), m.running_var.clone())
+        for name, m in module.named_modules()
+        if isinstance(m, _BatchNorm)
+    }
+
+
+@pytest.mark.parametrize("cache", ["auto", False])
+@pytest.mark.parametrize("augment", [False, True])
+def test_frozen_weights_and_batchnorm_stay_bit_identical(
+    colour_images, tiny_params, cache, augment
+):
+    """Neither the frozen weights nor their BatchNorm statistics change in fit."""
+    paths, labels = colour_images
+    clf = PretrainedCNNClassifier(
+        **dict(tiny_params, unfreeze=1, cache=cache, augment=augment, lr=0.1)
+    )
+    # Build the exact module fit will build (same seed), and snapshot it.
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        reference = clone(clf).set_params(max_epochs=1)
+        reference.fit(paths, labels)
+    before = _frozen_snapshot(reference.model_)
+    clf.fit(paths, labels)
+    after = _frozen_snapshot(clf.model_)
+    assert before.keys() == after.keys() and before
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+    # The trainable block did change, so training really happened.
+    untouched = PretrainedCNNClassifier(**dict(tiny_params, unfreeze=1, max_epochs=1))
+    untouched.fit(paths, labels)
+    trained = clf.model_.suffix.trainable.state_dict()
+    assert any(
+        not torch.equal(v, untouched.model_.suffix.trainable.state_dict()[k])
+        for k, v in trained.items()
+    )
+
+
+def test_frozen_batchnorm_stays_in_eval_mode_during_training(
+    colour_images, tiny_params
+):
+    """skorch switches modules to train mode each step; frozen BN must not."""
+    from skorch.callbacks import Callback
+
+    modes = []
+
+    class Spy(Callback):
+        def on_batch_begin(self, net, training=False, **kwargs):
+            if training:
+                model = net.module_
+                frozen = getattr(model, "frozen", None)
+                if frozen is not None:
+                    modes.append(any(m.training for m in frozen.modules()))
+
+    paths, labels = colour_images
+    PretrainedCNNClassifier(
+        **dict(tiny_params, unfreeze=1, cache=False,
+               net_params={"callbacks": [("spy", Spy())]})
+    ).fit(paths, labels)
+    assert modes and not any(modes)
+
+
+def test_batchnorm_stats_in_unfrozen_blocks(colour_images, tiny_params):
+    paths, labels = colour_images
+    running = {}
+    for mode in ("frozen", "train"):
+        clf = PretrainedCNNClassifier(**dict(tiny_params, unfreeze=1, batchnorm=mode))
+        clf.fit(paths, labels)
+        bn = next(m for m in clf.model_.suffix.trainable.modules()
+                  if isinstance(m, _BatchNorm))
+        running[mode] = bn.running_mean.clone()
+    # Fresh BatchNorm starts at zero mean: "frozen" keeps it, "train" updates it.
+    assert torch.count_nonzero(running["frozen"]) == 0
+    assert torch.count_nonzero(running["train"]) > 0
+
+
+def test_random_state_makes_fits_repeatable(colour_images, tiny_params):
+    paths, labels = colour_images
+    params = dict(tiny_params, unfreeze=1, validation_fraction=0.25)
+    a = PretrainedCNNClassifier(**params).fit(paths, labels).predict_proba(paths)
+    b = PretrainedCNNClassifier(**params).fit(paths, labels).predict_proba(paths)
+    np.testing.assert_array_equal(a, b)
+    c = PretrainedCNNClassifier(**dict(params, random_state=1)).fit(paths, labels)
+    assert not np.array_equal(a, c.predict_proba(paths))
+
+
+def test_validation_split_and_early_stopping(colour_images, tiny_params):
+    paths, labels = colour_images
+    clf = PretrainedCNNClassifier(
+        **dict(tiny_params, max_epochs=30, validation_fraction=0.25, early_stopping=2)
+    ).fit(paths, labels)
+    assert "valid_loss" in clf.history_[-1]
+    assert clf.history_[-1, "valid_acc"] >= 0.5
+    assert len(clf.history_) <= 30
+
+
+def test_early_stopping_needs_validation(colour_images, tiny_params):
+    with pytest.raises(ValueError, match="validation_fraction"):
+        PretrainedCNNClassifier(**dict(tiny_params, early_stopping=2)).fit(
+            *colour_images
+        )
+
+
+def test_transform_returns_penultimate_features(colour_images, tiny_params):
+    paths, labels = colour_images
+    clf = PretrainedCNNClassifier(**dict(tiny_params, hidden_layer_sizes=(5,)))
+    clf.fit(paths, labels)
+    assert clf.transform(paths).shape == (len(paths), 5)
