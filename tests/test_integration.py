@@ -181,3 +181,77 @@ def test_partial_fit_rejects_unknown_labels(colour_images, three_class_images,
         clf.partial_fit(new_paths, new_labels)
     with pytest.raises(ValueError, match="differs from the classes"):
         clf.partial_fit(paths, labels, classes=["a", "b"])
+
+
+# -- progress, plots and display ------------------------------------------
+
+def test_verbose_zero_prints_nothing(colour_images, tiny_params, capfd):
+    paths, labels = colour_images
+    clf = PretrainedCNNClassifier(**tiny_params, validation_fraction=0.25)
+    clf.fit(paths, labels).predict(paths)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+def test_verbose_one_shows_progress_and_epochs(colour_images, tiny_params, capfd):
+    paths, labels = colour_images
+    clf = PretrainedCNNClassifier(**dict(tiny_params, verbose=1), cache=False)
+    clf.fit(paths, labels)
+    out, err = capfd.readouterr()
+    assert "train_loss" in out and "dur" in out  # skorch's epoch table
+    assert len([line for line in out.splitlines() if line.strip()[:1] == "3"]) == 1
+    assert "Checking images" in err  # tqdm bar on stderr (no cache: decode only)
+    clf.predict(paths)
+    _, err = capfd.readouterr()
+    assert "Extracting features" in err
+
+
+def test_plot_history(colour_images, tiny_params):
+    import matplotlib.pyplot as plt
+
+    paths, labels = colour_images
+    clf = PretrainedCNNClassifier(**tiny_params, validation_fraction=0.25)
+    clf.fit(paths, labels)
+    ax = clf.plot_history()
+    labels_drawn = {line.get_label() for line in ax.get_lines()}
+    assert labels_drawn == {"training loss", "validation loss"}
+    assert list(ax.get_lines()[0].get_xdata()) == [1, 2, 3]
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(),
+                               clf.history_[:, "train_loss"])
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "validation accuracy" in legend
+    _, given = plt.subplots()
+    assert clf.plot_history(ax=given) is given
+    plt.close("all")
+
+
+def test_plot_history_without_matplotlib(colour_images, tiny_params, monkeypatch):
+    import sys
+
+    paths, labels = colour_images
+    clf = PretrainedCNNClassifier(**tiny_params).fit(paths, labels)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match=r"sktransfer\[plot\]"):
+        clf.plot_history()
+
+
+def test_confusion_matrix_display(three_class_images, tiny_params):
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    paths, labels = three_class_images
+    clf = PretrainedCNNClassifier(**dict(tiny_params, max_epochs=6))
+    clf.fit(paths, labels)
+    display = ConfusionMatrixDisplay.from_estimator(clf, paths, labels)
+    assert display.confusion_matrix.shape == (3, 3)
+    assert display.confusion_matrix.sum() == len(paths)
+    assert list(display.display_labels) == ["blue", "green", "red"]
+    plt.close("all")
+
+
+def test_html_repr_shows_parameters(tiny_params):
+    clf = PretrainedCNNClassifier(**tiny_params, unfreeze=2)
+    with sklearn.config_context(display="diagram"):
+        html = clf._repr_html_()
+    assert "PretrainedCNNClassifier" in html
+    assert "unfreeze" in html and "tiny_cnn" in html
