@@ -5,6 +5,7 @@ from ._backbones import BackboneSpec, get_backbone, list_backbones, register_bac
 from ._base import BadImagesError
 from ._cache import clear_feature_cache
 from ._classifier import PretrainedCNNClassifier
+from ._folder import load_image_folder
 from ._images import ImageLoadError
 from ._persistence import InconsistentVersionWarning
 from ._training import NonFiniteLossError
@@ -21,5 +22,6 @@ __all__ = [
     "clear_feature_cache",
     "get_backbone",
     "list_backbones",
+    "load_image_folder",
     "register_backbone",
 ]
