@@ -1,6 +1,6 @@
 """Transfer learning for images as scikit-learn estimators."""
 
-from . import _torchvision_backbones  # noqa: F401  (registers the families)
+from . import _timm, _torchvision_backbones  # noqa: F401  (register the families)
 from ._backbones import BackboneSpec, get_backbone, list_backbones, register_backbone
 from ._base import BadImagesError
 from ._cache import clear_feature_cache
