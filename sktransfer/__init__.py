@@ -1,11 +1,12 @@
 """Transfer learning for images as scikit-learn estimators."""
 
-from . import _torchvision_backbones  # noqa: F401  (registers the families)
+from . import _timm, _torchvision_backbones  # noqa: F401  (register the families)
 from ._backbones import BackboneSpec, get_backbone, list_backbones, register_backbone
 from ._base import BadImagesError
 from ._cache import clear_feature_cache
 from ._classifier import PretrainedCNNClassifier
 from ._extractor import PretrainedFeatureExtractor
+from ._folder import load_image_folder
 from ._images import ImageLoadError
 from ._persistence import InconsistentVersionWarning
 from ._training import NonFiniteLossError
@@ -23,5 +24,6 @@ __all__ = [
     "clear_feature_cache",
     "get_backbone",
     "list_backbones",
+    "load_image_folder",
     "register_backbone",
 ]

