@@ -26,7 +26,13 @@ from ._base import (
 from ._data import ImageDataset, check_image_paths
 from ._features import default_num_workers
 from ._module import build_transfer_module
-from ._training import StopOnNonFiniteLoss, TransferNet, run_fit, seeded
+from ._training import (
+    StopOnNonFiniteLoss,
+    TransferNet,
+    fit_with_oom_backoff,
+    limit_threads_in_worker,
+    seeded,
+)
 from ._transforms import eval_transform, train_transform
 
 _OPTIMIZERS = {
@@ -68,7 +74,9 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
     backbone_lr_ratio : float, default=0.1
         Learning rate of unfrozen backbone blocks, relative to ``lr``.
     batch_size : int, default=32
-        Training batch size.
+        Training batch size. If the device runs out of memory, training
+        restarts with half the batch (down to 1) and warns; the size used is
+        ``batch_size_``.
     inference_batch_size : int or None, default=None
         Batch size for feature extraction and prediction; ``None`` means
         ``2 * batch_size``.
@@ -141,6 +149,9 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         Device the model lives on.
     preprocessing_ : Preprocessing
         Resize, crop and normalisation applied to images.
+    batch_size_ : int
+        Training batch size actually used (smaller than ``batch_size`` after
+        an out-of-memory retry).
     n_frozen_blocks_ : int
         Number of frozen backbone blocks.
     n_train_images_ : int
@@ -342,7 +353,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         )
         return torch.as_tensor(weights, dtype=torch.float32)
 
-    def _make_net(self, module, train_split, loss_weights, num_workers):
+    def _make_net(self, module, train_split, loss_weights, num_workers, batch_size):
         callbacks = [("nonfinite_loss", StopOnNonFiniteLoss())]
         if self.early_stopping is not None:
             callbacks.append(
@@ -373,7 +384,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             optimizer=optimizer,
             lr=self.lr,
             max_epochs=self.max_epochs,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             train_split=train_split,
             iterator_train__shuffle=True,
             classes=np.arange(self.n_classes_),
@@ -413,6 +424,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             )
         paths = check_image_paths(X)
         y = self._check_targets(y, len(paths))
+        limit_threads_in_worker()
         self._setup_runtime()
         self.torch_seed_ = torch_seed(self.random_state)
         self.skipped_images_ = []
@@ -484,13 +496,15 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
                 else self._image_dataset(paths[valid_idx], eval_transform(prep),
                                          targets[valid_idx])
             )
-        net = self._make_net(
-            module,
-            predefined_split(valid) if valid is not None else None,
-            self._loss_weights(y_encoded, y),
-            num_workers,
+        split = predefined_split(valid) if valid is not None else None
+        loss_weights = self._loss_weights(y_encoded, y)
+        net, interrupted, self.batch_size_ = fit_with_oom_backoff(
+            lambda batch_size: self._make_net(
+                module, split, loss_weights, num_workers, batch_size
+            ),
+            module, X_train, y_train,
+            batch_size=self.batch_size, seed=self.torch_seed_,
         )
-        interrupted = run_fit(net, X_train, y_train)
         self.history_ = net.history
         return interrupted
 

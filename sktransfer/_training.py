@@ -1,6 +1,9 @@
 """skorch glue: the net subclass, a NaN guard, and an interruptible fit loop."""
 
 import contextlib
+import multiprocessing
+import os
+import warnings
 
 import torch
 from skorch import NeuralNetClassifier
@@ -12,6 +15,8 @@ __all__ = [
     "NonFiniteLossError",
     "StopOnNonFiniteLoss",
     "TransferNet",
+    "fit_with_oom_backoff",
+    "limit_threads_in_worker",
     "run_fit",
     "seeded",
 ]
@@ -89,3 +94,77 @@ def seeded(seed, device):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def fit_with_oom_backoff(make_net, module, X, y, *, batch_size, seed):
+    """Train ``make_net(batch_size)``, halving the batch on out-of-memory.
+
+    The module's weights are restored and torch re-seeded before each retry,
+    so a fit that ran out of memory at 32 and trained at 16 gives the same
+    model as a fit asked for 16 directly.
+
+    Returns
+    -------
+    net : skorch net
+        The net that trained.
+    interrupted : bool
+        Whether Ctrl-C stopped training.
+    batch_size : int
+        The batch size that fitted in memory.
+    """
+    start = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+    requested = batch_size
+    while True:
+        net = make_net(batch_size)
+        try:
+            return net, run_fit(net, X, y), batch_size
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+        del net  # drop the optimizer state and activations before retrying
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        batch_size = max(1, batch_size // 2)
+        warnings.warn(
+            f"Out of device memory while training with batch_size="
+            f"{requested}; retrying with batch_size={batch_size}. Pass a smaller "
+            "batch_size to skip this search.",
+            ResourceWarning,
+            stacklevel=4,
+        )
+        module.load_state_dict(start)
+        if seed is not None:
+            torch.manual_seed(seed)
+
+
+def _worker_thread_limit():
+    """Threads this process may use when it is a parallel worker, else None.
+
+    joblib's process backends (loky, multiprocessing) start workers with
+    ``OMP_NUM_THREADS`` set to ``cpu_count // n_jobs``; torch may still have
+    been given more threads (imported earlier, or set by other code), and
+    n_jobs workers each using every core would oversubscribe the CPU.
+    """
+    if multiprocessing.parent_process() is None:
+        return None
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def limit_threads_in_worker():
+    """Cap torch's intra-op threads when this process is a joblib worker.
+
+    The cap stays for the worker's life: the process belongs to the parallel
+    job, and every later task there shares the CPU the same way.
+
+    Returns
+    -------
+    n_threads : int or None
+        The cap applied, or None outside a worker.
+    """
+    limit = _worker_thread_limit()
+    if limit is not None and torch.get_num_threads() > limit:
+        torch.set_num_threads(limit)
+    return limit
