@@ -7,6 +7,7 @@ from ._cache import clear_feature_cache
 from ._classifier import PretrainedCNNClassifier
 from ._images import ImageLoadError
 from ._persistence import InconsistentVersionWarning
+from ._safe_format import ModelFileError
 from ._training import NonFiniteLossError
 from ._version import __version__
 
@@ -15,6 +16,7 @@ __all__ = [
     "BadImagesError",
     "ImageLoadError",
     "InconsistentVersionWarning",
+    "ModelFileError",
     "NonFiniteLossError",
     "PretrainedCNNClassifier",
     "__version__",

@@ -283,7 +283,15 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
 
     def _rebuild_module(self, attr):
         # Loading a pickle: the architecture only; the state dict follows.
-        return self._assemble_module(weights=None)
+        # Building with weights=None must not overwrite what the fitted
+        # weights recorded (their identity feeds the feature-cache key).
+        saved = {name: getattr(self, name, None)
+                 for name in ("weights_id_", "preprocessing_")}
+        module = self._assemble_module(weights=None)
+        for name, value in saved.items():
+            if value is not None:
+                setattr(self, name, value)
+        return module
 
     # -- fitting ----------------------------------------------------------
 
@@ -514,6 +522,66 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             max_image_pixels=self.max_image_pixels,
             min_side=self.preprocessing_.resize_size,
         )
+
+    # -- safe persistence ---------------------------------------------------
+
+    def save(self, path, *, include_backbone=True):
+        """Save the fitted model to a directory, without pickle.
+
+        Writes ``model.safetensors`` (tensors only) and ``manifest.json``
+        (parameters, ``classes_`` and their dtype, backbone and weights
+        identity, preprocessing, library versions and checksums). Parameters
+        with no JSON form (callables, ``joblib.Memory``, skorch callbacks in
+        ``net_params``) are not saved: they only matter for training, and
+        are listed under ``params_not_saved``.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Directory to write (created if needed).
+        include_backbone : bool, default=True
+            Store the frozen backbone's tensors too. ``False`` stores only the
+            trained part and a SHA-256 of the frozen tensors; :meth:`load`
+            then rebuilds the backbone from its weights and checks it.
+
+        Returns
+        -------
+        path : pathlib.Path
+            The directory written.
+
+        Examples
+        --------
+        >>> clf.save("my_model")  # doctest: +SKIP
+        >>> PretrainedCNNClassifier.load("my_model").predict(paths)  # doctest: +SKIP
+        """
+        from ._safe_format import save_model
+
+        return save_model(self, path, include_backbone=include_backbone)
+
+    @classmethod
+    def load(cls, path):
+        """Load a model written by :meth:`save`; nothing is unpickled.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Directory written by :meth:`save`.
+
+        Returns
+        -------
+        clf : PretrainedCNNClassifier
+            The fitted classifier, on ``device`` (the CPU when it was saved
+            on a GPU and none is available).
+
+        Raises
+        ------
+        sktransfer.ModelFileError
+            When a file is missing, not what it claims, or was changed after
+            saving.
+        """
+        from ._safe_format import load_model
+
+        return load_model(cls, path)
 
     # -- prediction -------------------------------------------------------
 
