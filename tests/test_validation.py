@@ -114,3 +114,10 @@ def test_check_image_paths_returns_object_strings(tmp_path):
     assert all(type(p) is str for p in out)
     assert out[0] == str(tmp_path / "a.png")
     assert check_image_paths(np.array(["a.png", "bb.png"])).dtype == object
+
+
+def test_sparse_input(clf):
+    from scipy.sparse import csr_matrix
+
+    with pytest.raises(TypeError, match="sparse input is not supported"):
+        clf.fit(csr_matrix(np.eye(3)), [0, 1, 0])
