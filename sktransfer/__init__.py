@@ -9,6 +9,7 @@ from ._extractor import PretrainedFeatureExtractor
 from ._folder import load_image_folder
 from ._images import ImageLoadError
 from ._persistence import InconsistentVersionWarning
+from ._safe_format import ModelFileError
 from ._training import NonFiniteLossError
 from ._version import __version__
 
@@ -17,6 +18,7 @@ __all__ = [
     "BadImagesError",
     "ImageLoadError",
     "InconsistentVersionWarning",
+    "ModelFileError",
     "NonFiniteLossError",
     "PretrainedCNNClassifier",
     "PretrainedFeatureExtractor",

@@ -31,7 +31,13 @@ from ._base import (
 from ._data import ImageDataset, check_image_paths
 from ._features import default_num_workers
 from ._module import build_transfer_module
-from ._training import StopOnNonFiniteLoss, TransferNet, run_fit, seeded
+from ._training import (
+    StopOnNonFiniteLoss,
+    TransferNet,
+    fit_with_oom_backoff,
+    limit_threads_in_worker,
+    seeded,
+)
 from ._transforms import eval_transform, train_transform
 
 _OPTIMIZERS = {
@@ -100,7 +106,9 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
     backbone_lr_ratio : float, default=0.1
         Learning rate of unfrozen backbone blocks, relative to ``lr``.
     batch_size : int, default=32
-        Training batch size.
+        Training batch size. If the device runs out of memory, training
+        restarts with half the batch (down to 1) and warns; the size used is
+        ``batch_size_``.
     inference_batch_size : int or None, default=None
         Batch size for feature extraction and prediction; ``None`` means
         ``2 * batch_size``.
@@ -178,6 +186,9 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         Device the model lives on.
     preprocessing_ : Preprocessing
         Resize, crop and normalisation applied to images.
+    batch_size_ : int
+        Training batch size actually used (smaller than ``batch_size`` after
+        an out-of-memory retry).
     n_frozen_blocks_ : int
         Number of frozen backbone blocks.
     n_train_images_ : int
@@ -314,6 +325,8 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
 
     def _rebuild_module(self, attr):
         # Loading a pickle: the architecture only; the state dict follows.
+        # restoring: building with weights=None must not overwrite what the
+        # fitted weights recorded (their identity feeds the feature-cache key).
         return self._assemble_module(weights=None, restoring=True)
 
     # -- fitting ----------------------------------------------------------
@@ -384,8 +397,8 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         )
         return torch.as_tensor(weights, dtype=torch.float32)
 
-    def _make_net(self, module, train_split, loss_weights, num_workers, *,
-                  max_epochs, weighted):
+    def _make_net(self, module, train_split, loss_weights, num_workers, batch_size,
+                  *, max_epochs, weighted, history):
         callbacks = [("nonfinite_loss", StopOnNonFiniteLoss())]
         if self.early_stopping is not None:
             callbacks.append(
@@ -418,7 +431,8 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             optimizer=optimizer,
             lr=self.lr,
             max_epochs=max_epochs,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
+            initial_history=history,
             train_split=train_split,
             iterator_train__shuffle=True,
             classes=np.arange(self.n_classes_),
@@ -502,6 +516,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             )
         paths = check_image_paths(X)
         y = self._check_targets(y, len(paths))
+        limit_threads_in_worker()
         if sample_weight is not None:
             sample_weight = _check_sample_weight(
                 sample_weight, paths, ensure_non_negative=True
@@ -545,7 +560,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         with seeded(seed, self.device_):
             interrupted = self._train(
                 paths, features, y, y_encoded, sample_weight,
-                max_epochs=max_epochs, history=history,
+                max_epochs=max_epochs, history=history, seed=seed,
             )
         self.model_.eval()
         if interrupted:
@@ -590,7 +605,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         return y_encoded
 
     def _train(self, paths, features, y, y_encoded, sample_weight, *, max_epochs,
-               history):
+               history, seed):
         train_idx, valid_idx = self._validation_split(y_encoded)
         targets = torch.as_tensor(y_encoded, dtype=torch.int64)
         weights = None
@@ -631,15 +646,17 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
                     weights, valid_idx,
                 )
             )
-        net = self._make_net(
-            module,
-            predefined_split(valid) if valid is not None else None,
-            self._loss_weights(y_encoded, y),
-            num_workers,
-            max_epochs=max_epochs,
-            weighted=weights is not None,
+        split = predefined_split(valid) if valid is not None else None
+        loss_weights = self._loss_weights(y_encoded, y)
+        net, interrupted, self.batch_size_ = fit_with_oom_backoff(
+            lambda batch_size: self._make_net(
+                module, split, loss_weights, num_workers, batch_size,
+                max_epochs=max_epochs, weighted=weights is not None,
+                history=history,
+            ),
+            module, train, None,
+            batch_size=self.batch_size, seed=seed,
         )
-        interrupted = run_fit(net, train, None, history=history)
         self.history_ = net.history
         return interrupted
 
@@ -669,6 +686,66 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         from ._plotting import plot_history
 
         return plot_history(self.history_, ax=ax)
+
+    # -- safe persistence ---------------------------------------------------
+
+    def save(self, path, *, include_backbone=True):
+        """Save the fitted model to a directory, without pickle.
+
+        Writes ``model.safetensors`` (tensors only) and ``manifest.json``
+        (parameters, ``classes_`` and their dtype, backbone and weights
+        identity, preprocessing, library versions and checksums). Parameters
+        with no JSON form (callables, ``joblib.Memory``, skorch callbacks in
+        ``net_params``) are not saved: they only matter for training, and
+        are listed under ``params_not_saved``.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Directory to write (created if needed).
+        include_backbone : bool, default=True
+            Store the frozen backbone's tensors too. ``False`` stores only the
+            trained part and a SHA-256 of the frozen tensors; :meth:`load`
+            then rebuilds the backbone from its weights and checks it.
+
+        Returns
+        -------
+        path : pathlib.Path
+            The directory written.
+
+        Examples
+        --------
+        >>> clf.save("my_model")  # doctest: +SKIP
+        >>> PretrainedCNNClassifier.load("my_model").predict(paths)  # doctest: +SKIP
+        """
+        from ._safe_format import save_model
+
+        return save_model(self, path, include_backbone=include_backbone)
+
+    @classmethod
+    def load(cls, path):
+        """Load a model written by :meth:`save`; nothing is unpickled.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Directory written by :meth:`save`.
+
+        Returns
+        -------
+        clf : PretrainedCNNClassifier
+            The fitted classifier, on ``device`` (the CPU when it was saved
+            on a GPU and none is available).
+
+        Raises
+        ------
+        sktransfer.ModelFileError
+            When a file is missing, not what it claims, or was changed after
+            saving.
+        """
+        from ._safe_format import load_model
+
+        return load_model(cls, path)
 
     # -- prediction -------------------------------------------------------
 

@@ -15,9 +15,6 @@ import warnings
 
 __all__ = ["main"]
 
-_MODEL_FILE = "model.joblib"
-
-
 class CLIError(Exception):
     """A mistake in the command's input, reported as one line."""
 
@@ -25,14 +22,8 @@ class CLIError(Exception):
 # -- models on disk -------------------------------------------------------
 
 def save_model(clf, folder):
-    """Write a fitted classifier into ``folder`` (created if missing)."""
-    os.makedirs(folder, exist_ok=True)
-    if hasattr(clf, "save"):  # the safe, pickle-free format when available
-        clf.save(folder)
-        return
-    import joblib
-
-    joblib.dump(clf, os.path.join(folder, _MODEL_FILE))
+    """Write a fitted classifier into ``folder`` in the pickle-free format."""
+    clf.save(folder)
 
 
 def load_model(folder):
@@ -44,17 +35,7 @@ def load_model(folder):
             f"Model folder {folder!r} does not exist. Pass the --out folder of "
             "`sktransfer fit`."
         )
-    pickled = os.path.join(folder, _MODEL_FILE)
-    if os.path.exists(pickled):
-        import joblib
-
-        return joblib.load(pickled)
-    if hasattr(PretrainedCNNClassifier, "load"):
-        return PretrainedCNNClassifier.load(folder)
-    raise CLIError(
-        f"Model folder {folder!r} holds no saved model ({_MODEL_FILE} is "
-        "missing). Pass the --out folder of `sktransfer fit`."
-    )
+    return PretrainedCNNClassifier.load(folder)
 
 
 # -- inputs ---------------------------------------------------------------

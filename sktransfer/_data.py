@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import torch
+from scipy.sparse import issparse
 from torch.utils.data import Dataset
 
 from ._images import ImageLoadError, load_rgb_image
@@ -18,6 +19,11 @@ def check_image_paths(X, *, name="X"):
     Object dtype matters: a numpy unicode array is as wide as its longest
     path times four bytes, for every element.
     """
+    if issparse(X):
+        raise TypeError(
+            f"{name} is a sparse matrix; sparse input is not supported. Pass a "
+            "1-D array-like of image file paths."
+        )
     if hasattr(X, "to_numpy"):  # pandas Series / Index
         X = X.to_numpy(dtype=object)
     if isinstance(X, (str, os.PathLike)):

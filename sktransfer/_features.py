@@ -51,9 +51,11 @@ def _run_frozen(frozen, dataset, indices, *, batch_size, device, dtype,
                 if images.dim() == 4:
                     images = images.contiguous(memory_format=torch.channels_last)
                 out = frozen(images).float().cpu()
-                yield [indices[i] for i in batch_indices], out, []
+                # ImageDataset items carry their index in ``dataset``, not
+                # in the Subset: they need no mapping through ``indices``.
+                yield list(batch_indices), out, []
             if failed:
-                yield [], None, [(indices[i], reason) for i, reason in failed]
+                yield [], (), list(failed)
 
 
 def extract_features(

@@ -59,8 +59,13 @@ def _identify(fp, path):
     Image.init()
     prefix = fp.read(16)
     for fmt in ALLOWED_FORMATS:
+        # Some formats (MPO) have no opener of their own: JPEG's opens them.
+        if fmt not in Image.OPEN:
+            continue
         factory, accept = Image.OPEN[fmt]
-        if accept is not None and accept(prefix) is not True:
+        # As in Image.open: a str from ``accept`` is a refusal with a reason.
+        verdict = True if accept is None else accept(prefix)
+        if not verdict or isinstance(verdict, str):
             continue
         fp.seek(0)
         try:

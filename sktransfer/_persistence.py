@@ -58,6 +58,17 @@ class _ModuleState:
         self.state_dict = {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
+def _on_cpu(value):
+    """``value`` with every tensor in it (through dicts, lists, tuples) on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if type(value) is dict:
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
+
+
 class VersionStampMixin:
     """Pickle torch modules as CPU state dicts and stamp library versions.
 
@@ -73,6 +84,9 @@ class VersionStampMixin:
         for attr in self._module_attributes:
             if state.get(attr) is not None:
                 state[attr] = _ModuleState(state[attr])
+        # A GPU tensor anywhere else would make the pickle unloadable on a
+        # CPU-only machine, so none may hide in other attributes either.
+        state = {k: _on_cpu(v) for k, v in state.items()}
         state["_library_versions"] = library_versions()
         return state
 

@@ -1,6 +1,9 @@
 """skorch glue: the net subclass, a NaN guard, and an interruptible fit loop."""
 
 import contextlib
+import multiprocessing
+import os
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -15,6 +18,8 @@ __all__ = [
     "NonFiniteLossError",
     "StopOnNonFiniteLoss",
     "TransferNet",
+    "fit_with_oom_backoff",
+    "limit_threads_in_worker",
     "run_fit",
     "seeded",
 ]
@@ -51,11 +56,21 @@ class TransferNet(NeuralNetClassifier):
     Sample weights travel with the inputs: a batch ``X`` may be a dict
     ``{"X": inputs, "sample_weight": weights}``; the criterion must then be
     built with ``reduction="none"`` and the loss is the weighted mean.
+
+    With ``initial_history`` (the history of earlier fits), training
+    continues it, numbering epochs on, instead of starting a new one.
     """
 
-    def __init__(self, *args, autocast_dtype=None, **kwargs):
+    def __init__(self, *args, autocast_dtype=None, initial_history=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.autocast_dtype = autocast_dtype
+        self.initial_history = initial_history
+
+    def initialize_history(self):
+        super().initialize_history()
+        if self.initial_history is not None:
+            self.history_ = History(self.initial_history)
+        return self
 
     def get_all_learnable_params(self):
         for name, param in super().get_all_learnable_params():
@@ -76,17 +91,14 @@ class TransferNet(NeuralNetClassifier):
         return loss
 
 
-def run_fit(net, X, y=None, history=None):
+def run_fit(net, X, y=None):
     """Initialise and train ``net``; return True if interrupted by Ctrl-C.
 
     skorch's own ``partial_fit`` swallows ``KeyboardInterrupt``, so a search
     would carry on with the next fold. Here it is reported to the caller,
-    which keeps the weights so far and then re-raises. A ``history`` from
-    earlier fits is continued (epochs numbered on), not restarted.
+    which keeps the weights so far and then re-raises.
     """
     net.initialize()
-    if history is not None:
-        net.history_ = History(history)
     net.notify("on_train_begin", X=X, y=y)
     interrupted = False
     try:
@@ -108,3 +120,77 @@ def seeded(seed, device):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def fit_with_oom_backoff(make_net, module, X, y, *, batch_size, seed):
+    """Train ``make_net(batch_size)``, halving the batch on out-of-memory.
+
+    The module's weights are restored and torch re-seeded before each retry,
+    so a fit that ran out of memory at 32 and trained at 16 gives the same
+    model as a fit asked for 16 directly.
+
+    Returns
+    -------
+    net : skorch net
+        The net that trained.
+    interrupted : bool
+        Whether Ctrl-C stopped training.
+    batch_size : int
+        The batch size that fitted in memory.
+    """
+    start = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+    requested = batch_size
+    while True:
+        net = make_net(batch_size)
+        try:
+            return net, run_fit(net, X, y), batch_size
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+        del net  # drop the optimizer state and activations before retrying
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        batch_size = max(1, batch_size // 2)
+        warnings.warn(
+            f"Out of device memory while training with batch_size="
+            f"{requested}; retrying with batch_size={batch_size}. Pass a smaller "
+            "batch_size to skip this search.",
+            ResourceWarning,
+            stacklevel=4,
+        )
+        module.load_state_dict(start)
+        if seed is not None:
+            torch.manual_seed(seed)
+
+
+def _worker_thread_limit():
+    """Threads this process may use when it is a parallel worker, else None.
+
+    joblib's process backends (loky, multiprocessing) start workers with
+    ``OMP_NUM_THREADS`` set to ``cpu_count // n_jobs``; torch may still have
+    been given more threads (imported earlier, or set by other code), and
+    n_jobs workers each using every core would oversubscribe the CPU.
+    """
+    if multiprocessing.parent_process() is None:
+        return None
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def limit_threads_in_worker():
+    """Cap torch's intra-op threads when this process is a joblib worker.
+
+    The cap stays for the worker's life: the process belongs to the parallel
+    job, and every later task there shares the CPU the same way.
+
+    Returns
+    -------
+    n_threads : int or None
+        The cap applied, or None outside a worker.
+    """
+    limit = _worker_thread_limit()
+    if limit is not None and torch.get_num_threads() > limit:
+        torch.set_num_threads(limit)
+    return limit

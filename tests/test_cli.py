@@ -135,21 +135,21 @@ def test_bad_image(tmp_path, capfd):
 
 def test_predict_errors(fitted, tmp_path, capfd):
     model, test = fitted
-    assert main(["predict", str(tmp_path / "none"), str(test)]) == 1
+    assert main(["predict", str(tmp_path / "none"), str(test), "-q"]) == 1
     assert_one_line_error(capfd, "Model folder", "does not exist")
-    assert main(["predict", str(model), str(tmp_path / "x.png")]) == 1
+    assert main(["predict", str(model), str(tmp_path / "x.png"), "-q"]) == 1
     assert_one_line_error(capfd, "x.png", "does not exist")
     bad = tmp_path / "bad.png"
     good = next((test / "red").iterdir()).read_bytes()
     bad.write_bytes(good[: len(good) // 2])  # a truncated file
-    assert main(["predict", str(model), str(bad)]) == 1
+    assert main(["predict", str(model), str(bad), "-q"]) == 1
     assert_one_line_error(capfd, "bad.png")
 
 
 def test_evaluate_unknown_class(fitted, tmp_path, capfd):
     model, _ = fitted
     other = colour_folder(tmp_path / "other", n_per_class=1, classes=("blue",))
-    assert main(["evaluate", str(model), str(other)]) == 1
+    assert main(["evaluate", str(model), str(other), "-q"]) == 1
     assert_one_line_error(capfd, "'blue'", "not classes of the model")
 
 

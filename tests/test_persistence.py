@@ -1,0 +1,283 @@
+"""Pickle round trips, CPU-only loading, version stamps and the safe format."""
+
+import ast
+import json
+import pickle
+import warnings
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from conftest import _build_tiny
+from safetensors.torch import load_file
+from torch import nn
+
+import sktransfer
+from sktransfer import (
+    BackboneSpec,
+    InconsistentVersionWarning,
+    ModelFileError,
+    PretrainedCNNClassifier,
+    _persistence,
+    register_backbone,
+)
+from sktransfer._backbones import BackboneParts
+from sktransfer._weights import file_sha256, load_state_dict_file
+
+
+def _build_from_file(weights):
+    """tiny_cnn whose weights come from a local state-dict file."""
+    parts = _build_tiny(None)
+    if weights is None:
+        return parts
+    blocks = nn.Sequential(*parts.blocks)
+    blocks.load_state_dict(load_state_dict_file(weights))
+    return BackboneParts(list(blocks), parts.neck, parts.feature_dim,
+                         parts.preprocessing, f"file:sha256:{file_sha256(weights)}")
+
+
+register_backbone(
+    BackboneSpec(name="tiny_file", family="test", build=_build_from_file, n_blocks=3),
+    overwrite=True,
+)
+
+
+@pytest.fixture
+def fitted(colour_images, tiny_params):
+    X, y = colour_images
+    return PretrainedCNNClassifier(**tiny_params).fit(X, y), X
+
+
+@pytest.fixture
+def weights_file(tmp_path):
+    torch.manual_seed(123)
+    blocks = nn.Sequential(*_build_tiny(None).blocks)
+    path = tmp_path / "tiny.pth"
+    torch.save(blocks.state_dict(), path)
+    return path
+
+
+# -- pickle ---------------------------------------------------------------------
+
+
+def test_joblib_round_trip(fitted, tmp_path):
+    clf, X = fitted
+    joblib.dump(clf, tmp_path / "m.joblib")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # same versions: no warning at all
+        loaded = joblib.load(tmp_path / "m.joblib")
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    assert loaded.weights_id_ == clf.weights_id_
+    assert loaded.preprocessing_ == clf.preprocessing_
+    assert loaded.get_params() == clf.get_params()
+
+
+def test_gpu_model_loads_on_cpu_only_machine(fitted, monkeypatch):
+    clf, X = fitted
+    expected = clf.predict_proba(X)
+    clf.device_ = "cuda"  # as if fitted on a GPU; the tensors are on the CPU
+    data = pickle.dumps(clf)
+    clf.device_ = "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="fitted on 'cuda' but no CUDA device"):
+        loaded = pickle.loads(data)
+    assert loaded.device_ == "cpu"
+    assert loaded.frozen_dtype_ is None or loaded.frozen_dtype_ != torch.float16
+    np.testing.assert_allclose(loaded.predict_proba(X), expected, atol=1e-6)
+
+
+def _tensors_in(value, seen=None):
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return
+    seen.add(id(value))
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors_in(v, seen)
+    elif isinstance(value, (list, tuple, set)):
+        for v in value:
+            yield from _tensors_in(v, seen)
+    elif hasattr(value, "__dict__") and not isinstance(value, type):
+        yield from _tensors_in(vars(value), seen)
+
+
+def test_no_device_tensor_hides_in_the_pickle_state(fitted):
+    clf, _ = fitted
+    clf.extra_ = {"stats": [torch.ones(2)]}  # a tensor outside the module
+    state = clf.__getstate__()
+    assert not any(isinstance(v, nn.Module) for v in state.values())
+    tensors = list(_tensors_in(state))
+    assert len(tensors) > len(clf.model_.state_dict()) - 1
+    assert all(t.device.type == "cpu" for t in tensors)
+    del clf.extra_
+
+
+def test_changed_versions_warn(fitted, monkeypatch):
+    clf, X = fitted
+    real = _persistence.library_versions()
+    monkeypatch.setattr(_persistence, "library_versions",
+                        lambda: {**real, "torch": "1.0.0"})
+    data = pickle.dumps(clf)
+    monkeypatch.undo()
+    with pytest.warns(InconsistentVersionWarning, match=r"torch 1.0.0 -> "):
+        loaded = pickle.loads(data)
+    assert loaded.predict(X[:2]).shape == (2,)
+
+
+# -- safe format ------------------------------------------------------------------
+
+
+def test_safe_round_trip(fitted, tmp_path):
+    clf, X = fitted
+    out = clf.save(tmp_path / "model")
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json",
+                                                      "model.safetensors"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["classes"] == {"dtype": clf.classes_.dtype.str,
+                                   "values": ["green", "red"]}
+    assert manifest["backbone"]["name"] == "tiny_cnn"
+    assert manifest["backbone"]["weights_id"] == "random"
+    assert manifest["preprocessing"]["crop_size"] == 32
+    assert manifest["library_versions"]["torch"].startswith(torch.__version__[:4])
+    assert manifest["files"]["model.safetensors"]["sha256"] == file_sha256(
+        out / "model.safetensors")
+    assert manifest["params"]["lr"] == 0.05
+    loaded = PretrainedCNNClassifier.load(out)
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    np.testing.assert_array_equal(loaded.classes_, clf.classes_)
+    assert loaded.classes_.dtype == clf.classes_.dtype
+    assert loaded.get_params() == clf.get_params()
+    assert loaded.n_train_images_ == clf.n_train_images_
+
+
+@pytest.mark.parametrize("labels", [[3, 7], [True, False], [-1.0, 1.0]])
+def test_safe_format_keeps_label_dtype(colour_images, tiny_params, tmp_path, labels):
+    X, y = colour_images
+    y = np.where(y == "red", labels[0], labels[1])
+    clf = PretrainedCNNClassifier(**tiny_params).fit(X, y)
+    loaded = PretrainedCNNClassifier.load(clf.save(tmp_path / "m"))
+    assert loaded.predict(X).dtype == clf.predict(X).dtype
+    np.testing.assert_array_equal(loaded.predict(X), clf.predict(X))
+
+
+def test_each_tensor_stored_once(fitted, tmp_path):
+    clf, _ = fitted
+    stored = load_file(clf.save(tmp_path / "m") / "model.safetensors")
+    assert sorted(stored) == sorted(clf.model_.state_dict())
+    n_bytes = sum(t.numel() * t.element_size() for t in stored.values())
+    size = (tmp_path / "m" / "model.safetensors").stat().st_size
+    assert size < n_bytes + 20_000  # header only on top of one copy
+
+
+def _edit_manifest(folder, edit):
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["classes"]["values"].reverse(),
+    lambda m: m["params"].update(lr=0.5),
+    lambda m: m["files"]["model.safetensors"].update(sha256="0" * 64),
+])
+def test_tampered_manifest_is_refused(fitted, tmp_path, edit):
+    clf, _ = fitted
+    out = clf.save(tmp_path / "m")
+    _edit_manifest(out, edit)
+    with pytest.raises(ModelFileError, match="changed|replaced"):
+        PretrainedCNNClassifier.load(out)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.mark.parametrize("fix_hash", [False, True])
+def test_planted_pickle_is_refused_and_never_run(fitted, tmp_path, fix_hash):
+    clf, _ = fitted
+    out = clf.save(tmp_path / "m")
+    marker = tmp_path / "PWNED"
+    pickle.loads(pickle.dumps(_Payload(marker)))  # the payload works...
+    assert marker.exists()
+    marker.unlink()
+    weights = out / "model.safetensors"
+    torch.save({"x": _Payload(marker)}, weights)  # ...and is planted
+    if fix_hash:  # an attacker also updates the file checksum
+        _edit_manifest(out, lambda m: m["files"]["model.safetensors"].update(
+            sha256=file_sha256(weights)))
+    with pytest.raises(ModelFileError, match="Refusing to load"):
+        PretrainedCNNClassifier.load(out)
+    assert not marker.exists()
+
+
+def test_missing_files(fitted, tmp_path):
+    clf, _ = fitted
+    with pytest.raises(ModelFileError, match="manifest.json' does not exist"):
+        PretrainedCNNClassifier.load(tmp_path)
+    out = clf.save(tmp_path / "m")
+    (out / "model.safetensors").unlink()
+    with pytest.raises(ModelFileError, match="model.safetensors' does not exist"):
+        PretrainedCNNClassifier.load(out)
+
+
+def test_without_backbone_from_weights_file(colour_images, tiny_params, tmp_path,
+                                            weights_file):
+    X, y = colour_images
+    clf = PretrainedCNNClassifier(**{**tiny_params, "backbone": "tiny_file",
+                                     "weights": str(weights_file)}).fit(X, y)
+    full = clf.save(tmp_path / "full")
+    slim = clf.save(tmp_path / "slim", include_backbone=False)
+    stored = load_file(slim / "model.safetensors")
+    assert stored and not any(k.startswith("frozen.") for k in stored)
+    assert ((slim / "model.safetensors").stat().st_size
+            < (full / "model.safetensors").stat().st_size / 2)
+    loaded = PretrainedCNNClassifier.load(slim)
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    # Different weights at the same path: the checksum catches it.
+    torch.manual_seed(7)
+    torch.save(nn.Sequential(*_build_tiny(None).blocks).state_dict(), weights_file)
+    with pytest.raises(ModelFileError, match="does not match the one this model"):
+        PretrainedCNNClassifier.load(slim)
+
+
+def test_without_backbone_random_seeded(fitted, tmp_path, tiny_params, colour_images):
+    clf, X = fitted
+    loaded = PretrainedCNNClassifier.load(clf.save(tmp_path / "m",
+                                                   include_backbone=False))
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    unseeded = PretrainedCNNClassifier(**{**tiny_params, "random_state": None})
+    unseeded.fit(*colour_images)
+    with pytest.raises(ValueError, match="include_backbone=True"):
+        unseeded.save(tmp_path / "u", include_backbone=False)
+
+
+def test_unfitted_save_raises(tmp_path):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        PretrainedCNNClassifier().save(tmp_path / "m")
+
+
+def test_every_torch_load_is_weights_only():
+    package = Path(sktransfer.__file__).parent
+    calls = []
+    for source in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "load"
+                    and getattr(node.func.value, "id", None) == "torch"):
+                flags = {kw.arg: kw.value for kw in node.keywords}
+                ok = (isinstance(flags.get("weights_only"), ast.Constant)
+                      and flags["weights_only"].value is True)
+                calls.append((source.name, node.lineno, ok))
+    assert calls, "expected at least the state-dict loader"
+    assert all(ok for *_, ok in calls), calls
