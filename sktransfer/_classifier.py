@@ -524,8 +524,9 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         history = None
         if warm:
             self._encode_labels(y)
-            history = self.history_
-            seed = self._continued_seed()
+            # A model loaded from the safe format has no history; start one.
+            history = getattr(self, "history_", None)
+            seed = self._continued_seed(history)
         else:
             self._setup_runtime()
             self.torch_seed_ = seed = torch_seed(self.random_state)
@@ -574,12 +575,13 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             raise KeyboardInterrupt
         return self
 
-    def _continued_seed(self):
+    def _continued_seed(self, history):
         # A different, still reproducible, shuffle for each continued fit;
         # torch_seed_ itself stays, as the feature cache key depends on it.
-        if self.torch_seed_ is None:
+        seed = getattr(self, "torch_seed_", None)
+        if seed is None:
             return None
-        return (self.torch_seed_ + len(self.history_)) % np.iinfo(np.int32).max
+        return (seed + len(history or ())) % np.iinfo(np.int32).max
 
     def _encode_labels(self, y):
         """``y`` as indices into ``classes_``; unknown labels raise."""

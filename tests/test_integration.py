@@ -255,3 +255,17 @@ def test_html_repr_shows_parameters(tiny_params):
         html = clf._repr_html_()
     assert "PretrainedCNNClassifier" in html
     assert "unfreeze" in html and "tiny_cnn" in html
+
+
+def test_partial_fit_continues_a_loaded_model(colour_images, tiny_params, tmp_path):
+    paths, labels = colour_images
+    clf = PretrainedCNNClassifier(**tiny_params).fit(paths, labels)
+    clf.save(tmp_path / "model")
+    loaded = PretrainedCNNClassifier.load(tmp_path / "model")
+    torch.testing.assert_close(head_weights(loaded), head_weights(clf))
+    loaded.partial_fit(paths, labels)
+    assert len(loaded.history_) == 1  # the saved format keeps no history
+    # One more epoch from the loaded weights, not a fresh start: the loss is
+    # already that of a trained head.
+    assert loaded.history_[-1, "train_loss"] < clf.history_[0, "train_loss"]
+    assert loaded.score(paths, labels) >= 0.9
