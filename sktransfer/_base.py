@@ -135,8 +135,13 @@ class TransferEstimatorBase(VersionStampMixin, BaseEstimator):
             dtype=str(self.frozen_dtype_),
         )
 
-    def _frozen_features(self, paths, frozen, *, batch_size, use_cache=True):
-        """Frozen-prefix outputs for ``paths`` and the load errors found."""
+    def _frozen_features(self, paths, frozen, *, batch_size, use_cache=True,
+                         max_bytes=None):
+        """Frozen-prefix outputs for ``paths`` and the load errors found.
+
+        Raises ``FeatureCacheTooLarge`` if they would take more than
+        ``max_bytes``.
+        """
         return extract_features(
             frozen,
             paths,
@@ -149,6 +154,7 @@ class TransferEstimatorBase(VersionStampMixin, BaseEstimator):
             num_workers=self.num_workers,
             model_key=self._feature_cache_key() if use_cache else None,
             stores=stores_for(self.cache),
+            max_bytes=max_bytes,
             verbose=self.verbose,
         )
 

@@ -24,7 +24,7 @@ from ._base import (
     warn_skipped,
 )
 from ._data import ImageDataset, check_image_paths
-from ._features import default_num_workers
+from ._features import FeatureCacheTooLarge, default_num_workers
 from ._module import build_transfer_module
 from ._training import StopOnNonFiniteLoss, TransferNet, run_fit, seeded
 from ._transforms import eval_transform, train_transform
@@ -101,6 +101,14 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         A directory or ``joblib.Memory``: also on disk, shared across
         processes and sessions. ``False``: never cache (the frozen part runs
         every epoch).
+    cache_max_gb : float, default=4.0
+        Bound, in GiB, on the frozen features held in memory during ``fit``.
+        With ``unfreeze=0`` they are small pooled embeddings (2 KiB per image
+        for resnet18); with ``unfreeze>=1`` they are feature maps (0.77 MiB
+        per image for resnet50 at 224 px). If all training images would take
+        more, ``fit`` warns and runs the frozen part every epoch instead, as
+        with ``cache=False``. See ``docs/performance.md`` for sizes per
+        backbone.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Precision of the frozen forward pass (and of training on CUDA).
         ``"auto"``: bf16 on GPUs that support it, else fp16; on the CPU bf16
@@ -176,6 +184,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
         "early_stopping": [Interval(Integral, 1, None, closed="left"), None],
         "class_weight": [StrOptions({"balanced"}), dict, None],
+        "cache_max_gb": [Interval(Real, 0, None, closed="neither")],
         "batchnorm": [StrOptions({"auto", "frozen", "train"})],
         "on_bad_image": [StrOptions({"raise", "skip"})],
         "net_params": [dict, None],
@@ -202,6 +211,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         class_weight=None,
         batchnorm="auto",
         cache="auto",
+        cache_max_gb=4.0,
         precision="auto",
         device="auto",
         num_workers=None,
@@ -229,6 +239,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         self.class_weight = class_weight
         self.batchnorm = batchnorm
         self.cache = cache
+        self.cache_max_gb = cache_max_gb
         self.precision = precision
         self.device = device
         self.num_workers = num_workers
@@ -422,12 +433,11 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         self._set_classes(y)
         with seeded(self.torch_seed_, self.device_):
             self.model_ = self._place_module(self._assemble_module(self.weights))
+        features, errors = None, None
         if self._uses_feature_cache():
-            features, errors = self._frozen_features(
-                paths, self.model_.frozen, batch_size=self._inference_batch_size()
-            )
-        else:
-            features, errors = None, self._find_bad_images(paths)
+            features, errors = self._cached_training_features(paths)
+        if errors is None:  # not cached, or over cache_max_gb
+            errors = self._find_bad_images(paths)
         keep = self._usable(paths, errors)
         paths, y = paths[keep], y[keep]
         if features is not None:
@@ -449,6 +459,28 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             )
             raise KeyboardInterrupt
         return self
+
+    def _cached_training_features(self, paths):
+        """Frozen features of the training images, or ``(None, None)`` when
+        they would exceed ``cache_max_gb`` (the caller then runs the frozen
+        part every epoch)."""
+        try:
+            return self._frozen_features(
+                paths, self.model_.frozen,
+                batch_size=self._inference_batch_size(),
+                max_bytes=int(self.cache_max_gb * 1024**3),
+            )
+        except FeatureCacheTooLarge as exc:
+            warnings.warn(
+                f"{exc} The frozen part will run every epoch instead of being "
+                f"cached (cache_max_gb={self.cache_max_gb}), which is slower. "
+                "If the memory is available, raise cache_max_gb to at least "
+                f"{exc.n_bytes / 1024**3:.3g}; otherwise a smaller unfreeze or "
+                "image_size also shrinks the features.",
+                UserWarning,
+                stacklevel=4,
+            )
+            return None, None
 
     def _refit_classes_if_needed(self, y):
         n_before = self.n_classes_
