@@ -36,7 +36,11 @@ def autocast_context(device, dtype):
 
 def _run_frozen(frozen, dataset, indices, *, batch_size, device, dtype,
                 num_workers, progress):
-    """Yield ``(indices, features)`` per batch and ``(index, reason)`` failures."""
+    """Yield ``(indices, features, failures)`` per batch.
+
+    ``indices`` and the index in each ``(index, reason)`` failure are
+    positions in ``dataset`` (elements of ``indices``).
+    """
     device = torch.device(device)
     loader = DataLoader(
         Subset(dataset, indices),
@@ -45,7 +49,14 @@ def _run_frozen(frozen, dataset, indices, *, batch_size, device, dtype,
         collate_fn=collate_with_errors,
         pin_memory=device.type == "cuda",
     )
-    with torch.inference_mode(), autocast_context(device, dtype):
+    # Iterating a DataLoader draws a seed from torch's global RNG. Forking it
+    # keeps a fit's later shuffling the same whether features came from the
+    # cache or were computed here, so results don't depend on cache state.
+    with (
+        torch.random.fork_rng(devices=[]),
+        torch.inference_mode(),
+        autocast_context(device, dtype),
+    ):
         for images, batch_indices, failed in loader:
             progress.update(len(batch_indices) + len(failed))
             if images is not None:
@@ -53,9 +64,11 @@ def _run_frozen(frozen, dataset, indices, *, batch_size, device, dtype,
                 if images.dim() == 4:
                     images = images.contiguous(memory_format=torch.channels_last)
                 out = frozen(images).float().cpu()
-                yield [indices[i] for i in batch_indices], out, []
+                # Subset hands the dataset's own indices to ImageDataset, which
+                # returns them: they already index ``paths``, not ``indices``.
+                yield batch_indices, out, []
             if failed:
-                yield [], None, [(indices[i], reason) for i, reason in failed]
+                yield [], None, failed
 
 
 class FeatureCacheTooLarge(MemoryError):
