@@ -1,5 +1,6 @@
 """The public classifier: a pretrained CNN with a new head, on image paths."""
 
+import contextlib
 import warnings
 from numbers import Integral, Real
 
@@ -24,7 +25,7 @@ from ._base import (
     warn_skipped,
 )
 from ._data import ImageDataset, check_image_paths
-from ._features import FeatureCacheTooLarge, default_num_workers
+from ._features import FeatureCacheTooLarge, default_num_workers, torch_threads
 from ._module import build_transfer_module
 from ._training import StopOnNonFiniteLoss, TransferNet, run_fit, seeded
 from ._transforms import eval_transform, train_transform
@@ -522,7 +523,13 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             self._loss_weights(y_encoded, y),
             num_workers,
         )
-        interrupted = run_fit(net, X_train, y_train)
+        # A head on pooled features is a few small matrix products per step:
+        # splitting them over threads costs more in synchronisation than it
+        # saves (several times over when the cores are busy, e.g. parallel
+        # search), so such fits run on one thread.
+        small = features is not None and features.dim() == 2
+        with torch_threads(1) if small else contextlib.nullcontext():
+            interrupted = run_fit(net, X_train, y_train)
         self.history_ = net.history
         return interrupted
 

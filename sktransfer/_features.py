@@ -17,6 +17,7 @@ __all__ = [
     "default_num_workers",
     "extract_features",
     "find_bad_images",
+    "torch_threads",
 ]
 
 
@@ -25,6 +26,17 @@ def default_num_workers(n_images, batch_size):
     if n_images <= 2 * batch_size:
         return 0
     return min(4, max(1, (os.cpu_count() or 1) - 1))
+
+
+@contextlib.contextmanager
+def torch_threads(n_threads):
+    """Run the block with ``n_threads`` intra-op threads, then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def autocast_context(device, dtype):
