@@ -21,7 +21,8 @@ def frozen_shape(name, unfreeze):
 
 
 def main():
-    print("| backbone | crop | unfreeze=0 | unfreeze=1 (shape) | 1,000 images at unfreeze=1 |")
+    print("| backbone | crop | unfreeze=0 | unfreeze=1 (shape) "
+          "| 1,000 images at unfreeze=1 |")
     print("|---|---|---|---|---|")
     for name in list_backbones():
         size, pooled = frozen_shape(name, 0)
