@@ -5,6 +5,7 @@ machine load shifts both sides; absolute seconds are printed for context.
 """
 
 import os
+import sys
 import time
 from contextlib import contextmanager
 
@@ -53,6 +54,7 @@ def timed(results, name):
     start = time.perf_counter()
     yield
     results[name] = time.perf_counter() - start
+    print(f"  {name}: {results[name]:.1f} s", file=sys.stderr, flush=True)
 
 
 class PlainImages(Dataset):
