@@ -20,6 +20,7 @@ from ._features import extract_features, find_bad_images
 from ._images import ImageLoadError
 from ._persistence import VersionStampMixin
 from ._transforms import eval_transform
+from ._warnings import user_stacklevel
 
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -176,8 +177,13 @@ class TransferEstimatorBase(VersionStampMixin, BaseEstimator):
             dtype=str(self.frozen_dtype_),
         )
 
-    def _frozen_features(self, paths, frozen, *, batch_size, use_cache=True):
-        """Frozen-prefix outputs for ``paths`` and the load errors found."""
+    def _frozen_features(self, paths, frozen, *, batch_size, use_cache=True,
+                         max_bytes=None):
+        """Frozen-prefix outputs for ``paths`` and the load errors found.
+
+        Raises ``FeatureCacheTooLarge`` if they would take more than
+        ``max_bytes``.
+        """
         return extract_features(
             frozen,
             paths,
@@ -190,6 +196,7 @@ class TransferEstimatorBase(VersionStampMixin, BaseEstimator):
             num_workers=self.num_workers,
             model_key=self._feature_cache_key() if use_cache else None,
             stores=stores_for(self.cache),
+            max_bytes=max_bytes,
             verbose=self.verbose,
         )
 
@@ -220,10 +227,10 @@ class TransferEstimatorBase(VersionStampMixin, BaseEstimator):
         return features
 
 
-def warn_skipped(errors, n_total, stacklevel=3):
+def warn_skipped(errors, n_total):
     warnings.warn(
         f"Skipped {len(errors)} of {n_total} images that cannot be used "
         f"(on_bad_image='skip'):\n{format_bad_images(errors)}",
         UserWarning,
-        stacklevel=stacklevel,
+        stacklevel=user_stacklevel(),
     )

@@ -74,6 +74,10 @@ class MemoryFeatureStore:
         size = tensor.element_size() * tensor.nelement()
         if size > self.max_bytes:
             return
+        if tensor.untyped_storage().nbytes() != size:
+            # A row of a batch: keeping the view would keep the whole batch
+            # alive and make the byte count wrong.
+            tensor = tensor.clone()
         key = _entry_key(model_key, fingerprint)
         with self._lock:
             old = self._entries.pop(key, None)

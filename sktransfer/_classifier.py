@@ -1,5 +1,6 @@
 """The public classifier: a pretrained CNN with a new head, on image paths."""
 
+import contextlib
 import warnings
 from numbers import Integral, Real
 
@@ -29,7 +30,7 @@ from ._base import (
     warn_skipped,
 )
 from ._data import ImageDataset, check_image_paths
-from ._features import default_num_workers
+from ._features import FeatureCacheTooLarge, default_num_workers, torch_threads
 from ._module import build_transfer_module
 from ._training import (
     StopOnNonFiniteLoss,
@@ -39,6 +40,7 @@ from ._training import (
     seeded,
 )
 from ._transforms import eval_transform, train_transform
+from ._warnings import user_stacklevel
 
 _OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -141,6 +143,14 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         A directory or ``joblib.Memory``: also on disk, shared across
         processes and sessions. ``False``: never cache (the frozen part runs
         every epoch).
+    cache_max_gb : float, default=4.0
+        Bound, in GiB, on the frozen features held in memory during ``fit``.
+        With ``unfreeze=0`` they are small pooled embeddings (2 KiB per image
+        for resnet18); with ``unfreeze>=1`` they are feature maps (0.77 MiB
+        per image for resnet50 at 224 px). If all training images would take
+        more, ``fit`` warns and runs the frozen part every epoch instead, as
+        with ``cache=False``. See ``docs/performance.md`` for sizes per
+        backbone.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Precision of the frozen forward pass (and of training on CUDA).
         ``"auto"``: bf16 on GPUs that support it, else fp16; on the CPU bf16
@@ -226,6 +236,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
         "early_stopping": [Interval(Integral, 1, None, closed="left"), None],
         "class_weight": [StrOptions({"balanced"}), dict, None],
+        "cache_max_gb": [Interval(Real, 0, None, closed="neither")],
         "batchnorm": [StrOptions({"auto", "frozen", "train"})],
         "on_bad_image": [StrOptions({"raise", "skip"})],
         "net_params": [dict, None],
@@ -253,6 +264,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         class_weight=None,
         batchnorm="auto",
         cache="auto",
+        cache_max_gb=4.0,
         precision="auto",
         device="auto",
         num_workers=None,
@@ -281,6 +293,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         self.class_weight = class_weight
         self.batchnorm = batchnorm
         self.cache = cache
+        self.cache_max_gb = cache_max_gb
         self.precision = precision
         self.device = device
         self.num_workers = num_workers
@@ -364,7 +377,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
                 "fix or remove them, or pass on_bad_image='skip' to train "
                 "without them",
             )
-        warn_skipped(bad, len(paths), stacklevel=4)
+        warn_skipped(bad, len(paths))
         keep[[i for i, _ in errors]] = False
         self.skipped_images_ = bad
         return keep
@@ -539,12 +552,11 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         if not warm:
             with seeded(seed, self.device_):
                 self.model_ = self._place_module(self._assemble_module(self.weights))
+        features, errors = None, None
         if self._uses_feature_cache():
-            features, errors = self._frozen_features(
-                paths, self.model_.frozen, batch_size=self._inference_batch_size()
-            )
-        else:
-            features, errors = None, self._find_bad_images(paths)
+            features, errors = self._cached_training_features(paths)
+        if errors is None:  # not cached, or over cache_max_gb
+            errors = self._find_bad_images(paths)
         keep = self._usable(paths, errors)
         paths, y = paths[keep], y[keep]
         if sample_weight is not None:
@@ -570,7 +582,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
                 f"Training was interrupted after {len(self.history_)} epoch(s); "
                 "the model keeps the weights reached so far.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
             raise KeyboardInterrupt
         return self
@@ -595,6 +607,28 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
                 "refit from scratch."
             )
         return np.searchsorted(self.classes_, y)
+
+    def _cached_training_features(self, paths):
+        """Frozen features of the training images, or ``(None, None)`` when
+        they would exceed ``cache_max_gb`` (the caller then runs the frozen
+        part every epoch)."""
+        try:
+            return self._frozen_features(
+                paths, self.model_.frozen,
+                batch_size=self._inference_batch_size(),
+                max_bytes=int(self.cache_max_gb * 1024**3),
+            )
+        except FeatureCacheTooLarge as exc:
+            warnings.warn(
+                f"{exc} The frozen part will run every epoch instead of being "
+                f"cached (cache_max_gb={self.cache_max_gb}), which is slower. "
+                "If the memory is available, raise cache_max_gb to at least "
+                f"{exc.n_bytes / 1024**3:.3g}; otherwise a smaller unfreeze or "
+                "image_size also shrinks the features.",
+                UserWarning,
+                stacklevel=user_stacklevel(),
+            )
+            return None, None
 
     def _refit_classes_if_needed(self, y):
         n_before = self.n_classes_
@@ -650,15 +684,21 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             )
         split = predefined_split(valid) if valid is not None else None
         loss_weights = self._loss_weights(y_encoded, y)
-        net, interrupted, self.batch_size_ = fit_with_oom_backoff(
-            lambda batch_size: self._make_net(
-                module, split, loss_weights, num_workers, batch_size,
-                max_epochs=max_epochs, weighted=weights is not None,
-                history=history,
-            ),
-            module, train, None,
-            batch_size=self.batch_size, seed=seed,
-        )
+        # A head on pooled features is a few small matrix products per step:
+        # splitting them over threads costs more in synchronisation than it
+        # saves (several times over when the cores are busy, e.g. parallel
+        # search), so such fits run on one thread.
+        small = features is not None and features.dim() == 2
+        with torch_threads(1) if small else contextlib.nullcontext():
+            net, interrupted, self.batch_size_ = fit_with_oom_backoff(
+                lambda batch_size: self._make_net(
+                    module, split, loss_weights, num_workers, batch_size,
+                    max_epochs=max_epochs, weighted=weights is not None,
+                    history=history,
+                ),
+                module, train, None,
+                batch_size=self.batch_size, seed=seed,
+            )
         self.history_ = net.history
         return interrupted
 

@@ -5,6 +5,8 @@ import warnings
 
 import numpy as np
 
+from ._warnings import user_stacklevel
+
 __all__ = ["IMAGE_EXTENSIONS", "load_image_folder"]
 
 # Extensions of the formats the image loader accepts (see _images.ALLOWED_FORMATS).
@@ -144,6 +146,6 @@ def load_image_folder(path, *, extensions=IMAGE_EXTENSIONS):
             f"{'y' if len(skipped) == 1 else 'ies'} in {root!r}: "
             f"{_format_skipped(sorted(skipped))}.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     return np.array(paths, dtype=object), np.array(labels, dtype=object)

@@ -11,6 +11,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
+from ._warnings import user_stacklevel
+
 __all__ = ["InconsistentVersionWarning", "VersionStampMixin", "library_versions"]
 
 _TRACKED = ("sktransfer", "scikit-learn", "torch", "torchvision", "skorch")
@@ -47,7 +49,7 @@ def warn_on_version_change(saved, what="This model"):
             "load and predict differently; refit it under the current versions "
             "if results matter.",
             InconsistentVersionWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 
@@ -114,7 +116,7 @@ class VersionStampMixin:
                 f"This model was fitted on {device!r} but no CUDA device is "
                 "available; loading it on the CPU.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
             self.device_ = "cpu"
             self._setup_precision()

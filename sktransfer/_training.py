@@ -13,6 +13,7 @@ from skorch.history import History
 from skorch.utils import to_tensor
 
 from ._features import autocast_context
+from ._warnings import user_stacklevel
 
 __all__ = [
     "NonFiniteLossError",
@@ -156,7 +157,7 @@ def fit_with_oom_backoff(make_net, module, X, y, *, batch_size, seed):
             f"{requested}; retrying with batch_size={batch_size}. Pass a smaller "
             "batch_size to skip this search.",
             ResourceWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
         module.load_state_dict(start)
         if seed is not None:

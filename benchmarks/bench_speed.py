@@ -1,0 +1,126 @@
+"""Fit, cross-validation, search and predict time against one raw pass.
+
+Run alone: ``python benchmarks/bench_speed.py [n_images]``.
+"""
+
+import sys
+import tempfile
+import warnings
+
+import numpy as np
+import torch
+from _common import (
+    PlainImages,
+    default_preprocessing,
+    make_images,
+    raw_forward,
+    timed,
+    torchvision_backbone,
+)
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
+
+from sktransfer import PretrainedCNNClassifier, clear_feature_cache
+from sktransfer._features import default_num_workers
+from sktransfer._transforms import eval_transform
+
+BACKBONE = "resnet18"
+EPOCHS = 10
+
+
+def classifier(**params):
+    defaults = dict(backbone=BACKBONE, weights=None, max_epochs=EPOCHS,
+                    random_state=0, device="cpu")
+    return PretrainedCNNClassifier(**{**defaults, **params})
+
+
+def skorch_freezer_fit(paths, labels, prep):
+    """skorch's transfer-learning tutorial: frozen backbone via ``Freezer``,
+    images decoded and run through the whole network every epoch."""
+    from skorch import NeuralNetClassifier
+    from skorch.callbacks import Freezer
+
+    model = torchvision_backbone(BACKBONE)
+    model.fc = torch.nn.Linear(512, len(np.unique(labels)))
+    net = NeuralNetClassifier(
+        model,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.AdamW,
+        lr=1e-3,
+        batch_size=32,
+        max_epochs=EPOCHS,
+        train_split=None,
+        iterator_train__shuffle=True,
+        iterator_train__num_workers=default_num_workers(len(paths), 32),
+        callbacks=[Freezer(lambda name: not name.startswith("fc."))],
+        device="cpu",
+        verbose=0,
+    )
+    net.fit(PlainImages(paths, eval_transform(prep), labels), y=None)
+    return net
+
+
+def run(n_images=200, folder=None):
+    folder = folder or tempfile.mkdtemp(prefix="sktransfer-bench-")
+    X, y = make_images(f"{folder}/images", n_images)
+    prep = default_preprocessing(BACKBONE)
+    t = {}
+    raw_forward(BACKBONE, X[:8], prep)  # warm-up: thread pools, allocator
+    with timed(t, "raw"):
+        raw_forward(BACKBONE, X, prep)
+
+    clear_feature_cache()
+    with timed(t, "fit"):
+        clf = classifier().fit(X, y)
+    clear_feature_cache()
+    with timed(t, "predict"):
+        clf.predict(X)
+    with timed(t, "skorch"):
+        skorch_freezer_fit(X, y, prep)
+
+    clear_feature_cache()
+    with timed(t, "fit_bf16"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        classifier(precision="bf16").fit(X, y)
+
+    clear_feature_cache()
+    cv = StratifiedKFold(5, shuffle=True, random_state=0)
+    with timed(t, "cv"):
+        cross_val_score(classifier(cache=f"{folder}/cv-cache"), X, y, cv=cv)
+    clear_feature_cache()
+    grid = {"lr": [1e-3, 3e-3], "hidden_layer_sizes": [(), (64,)]}
+    with timed(t, "grid"):
+        GridSearchCV(
+            classifier(cache=f"{folder}/grid-cache"), grid,
+            cv=StratifiedKFold(3, shuffle=True, random_state=0),
+        ).fit(X, y)
+
+    # unfreeze=1 trains layer4 on every image every epoch; half the images
+    # keep the uncached run within the time budget.
+    half, y_half = X[: n_images // 2], y[: n_images // 2]
+    clear_feature_cache()
+    with timed(t, "unfreeze1_cached"):
+        classifier(unfreeze=1).fit(half, y_half)
+    with timed(t, "unfreeze1_uncached"):
+        classifier(unfreeze=1, cache=False).fit(half, y_half)
+
+    return [
+        ("1. fit (unfreeze=0, 10 ep) vs skorch Freezer, speed-up",
+         t["skorch"] / t["fit"], ">= 5"),
+        ("2a. fit fp32 / raw fp32 forward", t["fit"] / t["raw"], "<= 1.3"),
+        ("2b. fit bf16 / raw fp32 forward", t["fit_bf16"] / t["raw"], "<= 0.5"),
+        ("3a. 5-fold CV (disk cache, cold) / raw forward", t["cv"] / t["raw"],
+         "<= 1.5"),
+        ("3b. GridSearchCV 4 x 3 folds (cold) / raw forward",
+         t["grid"] / t["raw"], "<= 1.6"),
+        ("4. predict throughput / raw forward throughput",
+         t["raw"] / t["predict"], ">= 0.9"),
+        ("5. unfreeze=1 (10 ep) cache vs cache=False, speed-up",
+         t["unfreeze1_uncached"] / t["unfreeze1_cached"], "report"),
+    ], t
+
+
+if __name__ == "__main__":
+    rows, seconds = run(int(sys.argv[1]) if len(sys.argv) > 1 else 200)
+    for name, value, target in rows:
+        print(f"{name:60s} {value:8.2f}  target {target}")
+    print({k: round(v, 1) for k, v in seconds.items()})

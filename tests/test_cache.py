@@ -1,0 +1,245 @@
+"""The feature cache gives the same models as no cache, and is really used."""
+
+import os
+import shutil
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
+
+import sktransfer._classifier as classifier_module
+from sktransfer import PretrainedCNNClassifier, clear_feature_cache
+from sktransfer._cache import DiskFeatureStore, memory_store
+
+
+class FrozenCounter:
+    """Counts images passing through the frozen part of every model built."""
+
+    def __init__(self):
+        self.n_images = 0
+
+    def build(self, original):
+        def build_and_hook(*args, **kwargs):
+            module = original(*args, **kwargs)
+            module.frozen.register_forward_hook(self._hook)
+            return module
+
+        return build_and_hook
+
+    def _hook(self, module, inputs, output):
+        self.n_images += inputs[0].shape[0]
+
+    def take(self):
+        n, self.n_images = self.n_images, 0
+        return n
+
+
+@pytest.fixture
+def frozen_calls(monkeypatch):
+    counter = FrozenCounter()
+    monkeypatch.setattr(
+        classifier_module,
+        "build_transfer_module",
+        counter.build(classifier_module.build_transfer_module),
+    )
+    return counter
+
+
+@pytest.fixture
+def own_images(tmp_path, colour_images):
+    """A private copy of the colour images, safe to modify."""
+    X, y = colour_images
+    folder = tmp_path / "images"
+    folder.mkdir()
+    paths = []
+    for p in X:
+        paths.append(str(folder / os.path.basename(p)))
+        shutil.copy2(p, paths[-1])
+    return np.array(paths, dtype=object), y
+
+
+# -- same results with and without the cache --------------------------------
+
+
+@pytest.mark.parametrize("unfreeze", [0, 1])
+@pytest.mark.parametrize(
+    "backbone, image_size", [("tiny_cnn", None), ("resnet18", 32)]
+)
+def test_cached_fit_equals_uncached_fit(
+    colour_images, tiny_params, backbone, image_size, unfreeze
+):
+    X, y = colour_images
+    params = dict(tiny_params, backbone=backbone, image_size=image_size,
+                  unfreeze=unfreeze, lr=0.01)
+    cached = PretrainedCNNClassifier(**params).fit(X, y)
+    uncached = PretrainedCNNClassifier(**params, cache=False).fit(X, y)
+    np.testing.assert_allclose(
+        cached.predict_proba(X), uncached.predict_proba(X), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        cached.history_[:, "train_loss"], uncached.history_[:, "train_loss"],
+        rtol=1e-5,
+    )
+
+
+# -- the cache is hit --------------------------------------------------------
+
+
+def test_second_fit_and_new_head_run_no_frozen_pass(
+    colour_images, tiny_params, frozen_calls
+):
+    X, y = colour_images
+    PretrainedCNNClassifier(**tiny_params).fit(X, y)
+    assert frozen_calls.take() == len(X)  # once per image, not per epoch
+    clf = PretrainedCNNClassifier(**dict(tiny_params, lr=0.01), hidden_layer_sizes=(8,))
+    clf.fit(X, y)
+    clf.predict(X)
+    assert frozen_calls.take() == 0
+
+
+@pytest.mark.parametrize("unfreeze", [0, 1])
+def test_uncached_fit_runs_frozen_part_every_epoch(
+    colour_images, tiny_params, frozen_calls, unfreeze
+):
+    X, y = colour_images
+    PretrainedCNNClassifier(**tiny_params, unfreeze=unfreeze).fit(X, y)
+    frozen_calls.take()
+    PretrainedCNNClassifier(**tiny_params, unfreeze=unfreeze, cache=False).fit(X, y)
+    assert frozen_calls.take() == len(X) * tiny_params["max_epochs"]
+
+
+def test_cross_validation_and_search_share_features(
+    colour_images, tiny_params, frozen_calls
+):
+    X, y = colour_images
+    cv = KFold(4, shuffle=True, random_state=0)
+    clf = PretrainedCNNClassifier(**tiny_params)
+    scores = cross_val_score(clf, X, y, cv=cv)
+    assert len(scores) == 4
+    # Every image goes through the frozen part once over all folds.
+    assert frozen_calls.take() == len(X)
+    search = GridSearchCV(clf, {"lr": [0.01, 0.05], "hidden_layer_sizes": [(), (4,)]},
+                          cv=cv)
+    search.fit(X, y)
+    search.predict(X)
+    assert frozen_calls.take() == 0
+
+
+@pytest.mark.parametrize("as_memory", [False, True])
+def test_disk_cache_is_reused_after_memory_is_cleared(
+    colour_images, tiny_params, frozen_calls, tmp_path, as_memory
+):
+    X, y = colour_images
+    cache = joblib.Memory(tmp_path, verbose=0) if as_memory else tmp_path
+    first = PretrainedCNNClassifier(**tiny_params, cache=cache).fit(X, y)
+    assert frozen_calls.take() == len(X)
+    n_files = len(list(DiskFeatureStore(tmp_path).directory.rglob("*.npy")))
+    assert n_files == len(X)
+
+    clear_feature_cache()
+    assert len(memory_store()) == 0
+    second = PretrainedCNNClassifier(**tiny_params, cache=cache).fit(X, y)
+    assert frozen_calls.take() == 0
+    np.testing.assert_allclose(first.predict_proba(X), second.predict_proba(X))
+    # Disk hits were copied into memory: the next lookup needs no disk.
+    assert len(memory_store()) == len(X)
+
+
+@pytest.mark.parametrize("change", ["content", "mtime"])
+def test_touched_image_invalidates_only_its_entry(
+    own_images, tiny_params, frozen_calls, change
+):
+    X, y = own_images
+    PretrainedCNNClassifier(**tiny_params).fit(X, y)
+    frozen_calls.take()
+    st = os.stat(X[3])
+    if change == "content":
+        arr = np.asarray(Image.open(X[3])).copy()
+        arr[:5] = 0
+        Image.fromarray(arr).save(X[3])
+        os.utime(X[3], ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime
+    else:
+        os.utime(X[3], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    PretrainedCNNClassifier(**tiny_params).fit(X, y)
+    assert frozen_calls.take() == 1
+
+
+def _weights_file(tmp_path):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(1)
+    path = tmp_path / "resnet18.pth"
+    torch.save(resnet18().state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [{"image_size": 40}, {"unfreeze": 1}, {"random_state": 1}, {"weights": "file"}],
+)
+def test_changed_frozen_setting_does_not_reuse_entries(
+    colour_images, tiny_params, frozen_calls, tmp_path, changed
+):
+    X, y = colour_images
+    params = dict(tiny_params, backbone="resnet18", image_size=32)
+    PretrainedCNNClassifier(**params).fit(X, y)
+    frozen_calls.take()
+    if changed.get("weights") == "file":
+        changed = {"weights": _weights_file(tmp_path)}
+    PretrainedCNNClassifier(**dict(params, **changed)).fit(X, y)
+    assert frozen_calls.take() == len(X)
+
+
+def test_augment_never_trains_on_cached_features(
+    colour_images, tiny_params, frozen_calls
+):
+    X, y = colour_images
+    PretrainedCNNClassifier(**tiny_params).fit(X, y)  # warms the cache
+    frozen_calls.take()
+    PretrainedCNNClassifier(**tiny_params, augment=True).fit(X, y)
+    assert frozen_calls.take() == len(X) * tiny_params["max_epochs"]
+
+
+def test_unseeded_random_backbone_is_never_cached(
+    colour_images, tiny_params, frozen_calls, tmp_path
+):
+    X, y = colour_images
+    params = dict(tiny_params, random_state=None, cache=tmp_path)
+    for _ in range(2):
+        PretrainedCNNClassifier(**params).fit(X, y)
+        assert frozen_calls.take() == len(X)
+    assert len(memory_store()) == 0
+    assert not DiskFeatureStore(tmp_path).directory.exists()
+
+
+# -- the memory bound ----------------------------------------------------------
+
+
+def test_memory_bound_falls_back_to_uncached_training(
+    colour_images, tiny_params, frozen_calls
+):
+    X, y = colour_images
+    params = dict(tiny_params, unfreeze=1)
+    cached = PretrainedCNNClassifier(**params).fit(X, y)
+    clear_feature_cache()
+    frozen_calls.take()
+    # tiny_cnn, unfreeze=1: 16x8x8 floats = 4 KiB per image, 96 KiB for 24.
+    bounded = PretrainedCNNClassifier(**params, cache_max_gb=50 / 1024**2)
+    with pytest.warns(UserWarning, match=r"96 KiB.*raise cache_max_gb") as record:
+        bounded.fit(X, y)
+    assert record[0].filename == __file__
+    # The first batch was run to measure a row, then every epoch.
+    n_batch = 2 * tiny_params["batch_size"]
+    assert frozen_calls.take() == n_batch + len(X) * tiny_params["max_epochs"]
+    np.testing.assert_allclose(
+        cached.predict_proba(X), bounded.predict_proba(X), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_cache_max_gb_is_validated(colour_images, tiny_params):
+    X, y = colour_images
+    with pytest.raises(ValueError, match="'cache_max_gb' parameter"):
+        PretrainedCNNClassifier(**tiny_params, cache_max_gb=0).fit(X, y)
