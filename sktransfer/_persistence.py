@@ -90,7 +90,10 @@ class VersionStampMixin:
         for attr, saved in modules.items():
             module = self._rebuild_module(attr)
             module.load_state_dict(saved.state_dict)
-            setattr(self, attr, module.to(self.device_).eval())
+            # Same memory format as fit: convolutions in another layout round
+            # differently, and a loaded model must predict exactly as saved.
+            module = module.to(self.device_, memory_format=torch.channels_last)
+            setattr(self, attr, module.eval())
 
     def _restore_device(self):
         device = getattr(self, "device_", "cpu")
