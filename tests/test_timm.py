@@ -273,6 +273,17 @@ def test_pretrained_download_failure_says_what_to_do():
     assert "HF_HUB_OFFLINE" in message and "weights='/path/to/" in message
 
 
+def test_pretrained_weights_id_names_the_tag(monkeypatch):
+    loaded = []
+    monkeypatch.setattr(
+        timm.models._builder, "load_pretrained",
+        lambda model, *args, **kwargs: loaded.append(model),
+    )
+    parts = get_backbone(f"timm/{SMALL_TIMM}").build("DEFAULT")
+    assert len(loaded) == 1
+    assert parts.weights_id == "timm:resnet10t.c3_in1k:pretrained"
+
+
 def test_model_without_pretrained_weights_is_refused():
     with pytest.raises(ValueError, match="no pretrained weights.*weights=None"):
         get_backbone("timm/ghostnet_050").build("DEFAULT")
