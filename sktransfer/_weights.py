@@ -79,10 +79,15 @@ def load_torchvision_weights(model, weights_enum, model_name):
     checkpoint_dir = Path(torch.hub.get_dir()) / "checkpoints"
     filename = os.path.basename(weights_enum.url)
     try:
-        state = weights_enum.get_state_dict(progress=False, check_hash=True)
-    except Exception as exc:  # URLError, HTTPError, socket errors, ...
+        # torch.hub unpickles with weights_only=False by default, which would
+        # run code planted in a cached file.
+        state = weights_enum.get_state_dict(
+            progress=False, check_hash=True, weights_only=True
+        )
+    except Exception as exc:  # URLError, HTTPError, UnpicklingError, ...
         raise RuntimeError(
-            f"Could not download the weights {weights_enum} for {model_name!r} "
+            f"Could not download or load the weights {weights_enum} for "
+            f"{model_name!r} "
             f"({type(exc).__name__}: {exc}). To work offline, put the file "
             f"{filename!r} (from {weights_enum.url}) into {str(checkpoint_dir)!r} "
             "(set TORCH_HOME to choose another cache), or pass "
