@@ -23,6 +23,7 @@ from pathlib import Path
 import joblib
 import matplotlib
 import numpy as np
+from PIL import Image, ImageOps
 from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score
 from sklearn.model_selection import (
     GridSearchCV,
@@ -128,6 +129,17 @@ def plot_confusion(y_test, y_pred, labels, path):
     plt.close(fig)
 
 
+def thumbnail(path, size=128):
+    # User photos can be large, rotated by EXIF or transparent: show them upright,
+    # small, and on white, as the classifier saw them.
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        img.thumbnail((size, size))
+        rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, "white")
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
 def plot_predictions(paths, y_true, y_pred, path, n=24, cols=6):
     # Mistakes first, so the grid shows what the model gets wrong.
     order = np.argsort(y_true == y_pred, kind="stable")[:n]
@@ -136,7 +148,7 @@ def plot_predictions(paths, y_true, y_pred, path, n=24, cols=6):
     for ax in axes.ravel():
         ax.axis("off")
     for ax, i in zip(axes.ravel(), order):
-        ax.imshow(plt.imread(paths[i]))
+        ax.imshow(thumbnail(paths[i]))
         wrong = y_true[i] != y_pred[i]
         ax.set_title(
             f"pred: {y_pred[i]}\ntrue: {y_true[i]}",
