@@ -2,7 +2,8 @@
 
 Run with ``make demo`` (the bundled emoji drawings) or
 ``make demo DATA=path/to/folder`` (one sub-folder per class). On two CPU
-cores with no network it takes a few minutes:
+cores with no network it takes about 9 CPU-minutes, most of them training
+the from-scratch baseline:
 
 1. the same 3-fold stratified cross-validation for three models of one
    architecture: pretrained and frozen, pretrained and fine-tuned, and

@@ -13,7 +13,7 @@ from sktransfer import PretrainedCNNClassifier
 from sktransfer.datasets import load_emoji
 
 X, y = load_emoji()
-clf = PretrainedCNNClassifier(image_size=96, max_epochs=8, random_state=0)
+clf = PretrainedCNNClassifier(image_size=64, max_epochs=5, random_state=0)
 param_grid = [
     # pretrained: the head only, or the head and the last block
     {"backbone": ["efficientnet_lite0"], "unfreeze": [0, 1]},
