@@ -33,10 +33,8 @@ def head_weights(clf):
 
 def test_learning_curve(colour_images, tiny_params):
     paths, labels = colour_images
-    # Each training subset extracts its own features (cache=False): this test
-    # is about the subsets, not about features shared between them.
     sizes, train_scores, test_scores = learning_curve(
-        PretrainedCNNClassifier(**tiny_params, cache=False), paths, labels,
+        PretrainedCNNClassifier(**tiny_params), paths, labels,
         train_sizes=[0.5, 1.0], cv=CV, shuffle=True, random_state=0,
     )
     assert list(sizes) == [6, 12]
