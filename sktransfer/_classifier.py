@@ -30,7 +30,12 @@ from ._base import (
     warn_skipped,
 )
 from ._data import ImageDataset, check_image_paths
-from ._features import FeatureCacheTooLarge, default_num_workers, torch_threads
+from ._features import (
+    FeatureCacheTooLarge,
+    cudnn_autotuning,
+    default_num_workers,
+    torch_threads,
+)
 from ._module import build_transfer_module
 from ._training import (
     StopOnNonFiniteLoss,
@@ -152,9 +157,15 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         with ``cache=False``. See ``docs/performance.md`` for sizes per
         backbone.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
-        Precision of the frozen forward pass (and of training on CUDA).
-        ``"auto"``: bf16 on GPUs that support it, else fp16; on the CPU bf16
-        only where the CPU has native bf16 units, else fp32.
+        Precision of the frozen forward pass (and of training on CUDA, with
+        loss scaling for fp16). ``"auto"``: bf16 on GPUs that support it,
+        else fp16; on the CPU bf16 only where the CPU has native bf16 units,
+        else fp32. ``"fp32"`` turns mixed precision off.
+    compile : bool, default=False
+        Compile the trained part with ``torch.compile`` (through skorch's
+        ``compile`` option; pass its arguments as ``net_params={"compile__mode":
+        ...}``). Compilation costs seconds to minutes up front and pays off on
+        long GPU fits with ``unfreeze>0``; it needs a C++ compiler on the CPU.
     device : str, default="auto"
         ``"auto"`` uses CUDA when available, else the CPU; or any torch
         device string such as ``"cpu"`` or ``"cuda:1"``.
@@ -238,6 +249,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         "class_weight": [StrOptions({"balanced"}), dict, None],
         "cache_max_gb": [Interval(Real, 0, None, closed="neither")],
         "batchnorm": [StrOptions({"auto", "frozen", "train"})],
+        "compile": ["boolean"],
         "on_bad_image": [StrOptions({"raise", "skip"})],
         "net_params": [dict, None],
         "warm_start": ["boolean"],
@@ -266,6 +278,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         cache="auto",
         cache_max_gb=4.0,
         precision="auto",
+        compile=False,
         device="auto",
         num_workers=None,
         on_bad_image="raise",
@@ -295,6 +308,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         self.cache = cache
         self.cache_max_gb = cache_max_gb
         self.precision = precision
+        self.compile = compile
         self.device = device
         self.num_workers = num_workers
         self.on_bad_image = on_bad_image
@@ -452,6 +466,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             device=self.device_,
             verbose=self.verbose,
             autocast_dtype=self.frozen_dtype_ if on_cuda else None,
+            compile=self.compile,
         )
         user = dict(self.net_params or {})
         # User callbacks are added to ours rather than replacing the guards.
@@ -689,7 +704,10 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         # saves (several times over when the cores are busy, e.g. parallel
         # search), so such fits run on one thread.
         small = features is not None and features.dim() == 2
-        with torch_threads(1) if small else contextlib.nullcontext():
+        with (
+            torch_threads(1) if small else contextlib.nullcontext(),
+            cudnn_autotuning(self.device_),
+        ):
             net, interrupted, self.batch_size_ = fit_with_oom_backoff(
                 lambda batch_size: self._make_net(
                     module, split, loss_weights, num_workers, batch_size,

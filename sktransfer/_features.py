@@ -14,6 +14,7 @@ from ._data import ImageDataset, collate_with_errors
 __all__ = [
     "FeatureCacheTooLarge",
     "autocast_context",
+    "cudnn_autotuning",
     "default_num_workers",
     "extract_features",
     "find_bad_images",
@@ -46,6 +47,26 @@ def autocast_context(device, dtype):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+@contextlib.contextmanager
+def cudnn_autotuning(device):
+    """Let cuDNN time its convolution algorithms and keep the fastest.
+
+    Images arrive at one fixed size, so the search is paid once per shape.
+    Off the GPU, or when the user asked cuDNN for deterministic results,
+    nothing changes.
+    """
+    cudnn = torch.backends.cudnn
+    if torch.device(device).type != "cuda" or cudnn.deterministic:
+        yield
+        return
+    before = cudnn.benchmark
+    cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        cudnn.benchmark = before
+
+
 def _run_frozen(frozen, dataset, indices, *, batch_size, device, dtype,
                 num_workers, progress):
     """Yield ``(indices, features, failures)`` per batch.
@@ -68,6 +89,7 @@ def _run_frozen(frozen, dataset, indices, *, batch_size, device, dtype,
         torch.random.fork_rng(devices=[]),
         torch.inference_mode(),
         autocast_context(device, dtype),
+        cudnn_autotuning(device),
     ):
         for images, batch_indices, failed in loader:
             progress.update(len(batch_indices) + len(failed))

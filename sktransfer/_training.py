@@ -9,8 +9,9 @@ from collections.abc import Mapping
 import torch
 from skorch import NeuralNetClassifier
 from skorch.callbacks import Callback
+from skorch.dataset import unpack_data
 from skorch.history import History
-from skorch.utils import to_tensor
+from skorch.utils import TeeGenerator, to_tensor
 
 from ._features import autocast_context
 from ._warnings import user_stacklevel
@@ -53,6 +54,10 @@ class TransferNet(NeuralNetClassifier):
 
     With ``autocast_dtype`` set, forward passes run under ``torch.autocast``
     (mixed precision on CUDA); outputs are cast back to float32 for the loss.
+    With float16, whose small range lets gradients underflow, the loss is
+    scaled by a ``torch.amp.GradScaler`` (``grad_scaler_``); gradients are
+    unscaled before ``on_grad_computed``, so callbacks such as gradient
+    clipping see their true values. bfloat16 needs no scaling.
 
     Sample weights travel with the inputs: a batch ``X`` may be a dict
     ``{"X": inputs, "sample_weight": weights}``; the criterion must then be
@@ -66,6 +71,14 @@ class TransferNet(NeuralNetClassifier):
         super().__init__(*args, **kwargs)
         self.autocast_dtype = autocast_dtype
         self.initial_history = initial_history
+
+    def initialize(self):
+        super().initialize()
+        self.grad_scaler_ = (
+            torch.amp.GradScaler(torch.device(self.device).type)
+            if self.autocast_dtype == torch.float16 else None
+        )
+        return self
 
     def initialize_history(self):
         super().initialize_history()
@@ -83,6 +96,34 @@ class TransferNet(NeuralNetClassifier):
             x = x["X"]
         with autocast_context(self.device, self.autocast_dtype):
             return super().infer(x, **fit_params).float()
+
+    def train_step_single(self, batch, **fit_params):
+        if self.grad_scaler_ is None:
+            return super().train_step_single(batch, **fit_params)
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        y_pred = self.infer(Xi, **fit_params)
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        self.grad_scaler_.scale(loss).backward()
+        return {"loss": loss, "y_pred": y_pred}
+
+    def train_step(self, batch, **fit_params):
+        if self.grad_scaler_ is None:
+            return super().train_step(batch, **fit_params)
+        # skorch's step passes a closure to optimizer.step(), which a
+        # GradScaler cannot wrap: the scaled step is spelled out instead.
+        self.optimizer_.zero_grad()
+        step = self.train_step_single(batch, **fit_params)
+        self.grad_scaler_.unscale_(self.optimizer_)
+        self.notify(
+            "on_grad_computed",
+            named_parameters=TeeGenerator(self.get_all_learnable_params()),
+            batch=batch,
+            training=True,
+        )
+        self.grad_scaler_.step(self.optimizer_)  # skipped on inf/NaN gradients
+        self.grad_scaler_.update()
+        return step
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         loss = super().get_loss(y_pred, y_true, X=X, training=training)
