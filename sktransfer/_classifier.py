@@ -7,21 +7,14 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import ClassifierMixin, _fit_context
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import LabelEncoder
-from sklearn.utils import compute_class_weight
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
     _check_sample_weight,
     check_is_fitted,
-    column_or_1d,
 )
 from skorch.callbacks import EarlyStopping
-from skorch.dataset import Dataset as SkorchDataset
 from skorch.helper import predefined_split
 from torch import nn
-from torch.utils.data import Dataset
 
 from ._base import (
     BadImagesError,
@@ -29,12 +22,25 @@ from ._base import (
     torch_seed,
     warn_skipped,
 )
-from ._data import ImageDataset, check_image_paths
+from ._data import (
+    ImageDataset,
+    check_image_paths,
+    tensor_dataset,
+    with_sample_weight,
+)
 from ._features import (
     FeatureCacheTooLarge,
     cudnn_autotuning,
     default_num_workers,
     torch_threads,
+)
+from ._labels import (
+    check_targets,
+    class_loss_weights,
+    encode_labels,
+    fit_classes,
+    normalized_sample_weight,
+    validation_split,
 )
 from ._module import build_transfer_module
 from ._training import (
@@ -52,33 +58,6 @@ _OPTIMIZERS = {
     "adamw": torch.optim.AdamW,
     "sgd": torch.optim.SGD,
 }
-
-
-def _weighted(dataset_cls, features, targets, weights, idx):
-    """A skorch Dataset of rows ``idx``, carrying their sample weights."""
-    if weights is None:
-        return dataset_cls(features[idx], targets[idx])
-    return dataset_cls({"X": features[idx], "sample_weight": weights[idx]},
-                       targets[idx])
-
-
-class _WeightedDataset(Dataset):
-    """Items ``({"X": image, "sample_weight": w}, target)`` of an image dataset."""
-
-    def __init__(self, dataset, weights):
-        self.dataset = dataset
-        self.weights = weights
-
-    @classmethod
-    def wrap(cls, dataset, weights, idx):
-        return dataset if weights is None else cls(dataset, weights[idx])
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        x, y = self.dataset[i]
-        return {"X": x, "sample_weight": self.weights[i]}, y
 
 
 class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
@@ -358,27 +337,6 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
 
     # -- fitting ----------------------------------------------------------
 
-    def _check_targets(self, y, n_samples):
-        y = column_or_1d(y, warn=True)
-        if len(y) != n_samples:
-            raise ValueError(
-                f"X and y have inconsistent numbers of samples: {n_samples} image "
-                f"paths and {len(y)} labels."
-            )
-        check_classification_targets(y)
-        return y
-
-    def _set_classes(self, y):
-        encoder = LabelEncoder().fit(y)
-        if len(encoder.classes_) < 2:
-            raise ValueError(
-                "The training data must contain at least two classes; got only "
-                f"{encoder.classes_.tolist()}."
-            )
-        self.classes_ = encoder.classes_
-        self.n_classes_ = len(self.classes_)
-        return encoder.transform(y)
-
     def _usable(self, paths, errors):
         """Boolean mask of usable images, applying ``on_bad_image``."""
         keep = np.ones(len(paths), dtype=bool)
@@ -395,34 +353,6 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         keep[[i for i, _ in errors]] = False
         self.skipped_images_ = bad
         return keep
-
-    def _validation_split(self, y):
-        indices = np.arange(len(y))
-        if self.validation_fraction is None:
-            return indices, None
-        try:
-            return train_test_split(
-                indices,
-                test_size=self.validation_fraction,
-                stratify=y,
-                random_state=self.torch_seed_,
-            )
-        except ValueError as exc:
-            raise ValueError(
-                f"Cannot hold out a stratified validation_fraction="
-                f"{self.validation_fraction} of {len(y)} images: {exc}. Every "
-                "class needs at least 2 images and the held-out part at least "
-                "one per class; add images, change validation_fraction, or set "
-                "it to None."
-            ) from exc
-
-    def _loss_weights(self, y_encoded, y_original):
-        if self.class_weight is None:
-            return None
-        weights = compute_class_weight(
-            self.class_weight, classes=self.classes_, y=y_original
-        )
-        return torch.as_tensor(weights, dtype=torch.float32)
 
     def _make_net(self, module, train_split, loss_weights, num_workers, batch_size,
                   *, max_epochs, weighted, history):
@@ -543,7 +473,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
                 "validation_fraction (e.g. 0.1) or early_stopping=None."
             )
         paths = check_image_paths(X)
-        y = self._check_targets(y, len(paths))
+        y = check_targets(y, len(paths))
         limit_threads_in_worker()
         if sample_weight is not None:
             sample_weight = _check_sample_weight(
@@ -551,7 +481,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             )
         history = None
         if warm:
-            self._encode_labels(y)
+            encode_labels(self.classes_, y)
             # A model loaded from the safe format has no history; start one.
             history = getattr(self, "history_", None)
             seed = self._continued_seed(history)
@@ -561,7 +491,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             # Classes are fixed before images are checked so the head can be
             # built; they are checked again if bad images are skipped.
             self._set_classes(y if classes is None else classes)
-            self._encode_labels(y)
+            encode_labels(self.classes_, y)
         self.skipped_images_ = []
         self.interrupted_ = False
         if not warm:
@@ -579,7 +509,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         if features is not None:
             features = features[torch.from_numpy(keep)]
         if warm or classes is not None:
-            y_encoded = self._encode_labels(y)
+            y_encoded = encode_labels(self.classes_, y)
         else:
             y_encoded = self._refit_classes_if_needed(y)
         self.n_train_images_ = len(paths)
@@ -610,19 +540,6 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             return None
         return (seed + len(history or ())) % np.iinfo(np.int32).max
 
-    def _encode_labels(self, y):
-        """``y`` as indices into ``classes_``; unknown labels raise."""
-        unknown = np.setdiff1d(np.unique(y), self.classes_)
-        if len(unknown):
-            raise ValueError(
-                f"y contains labels {unknown.tolist()} that are not in the "
-                f"model's classes {self.classes_.tolist()}. Continued training "
-                "(warm_start, partial_fit) keeps the classes of the first fit; "
-                "pass every class there (partial_fit(..., classes=...)) or "
-                "refit from scratch."
-            )
-        return np.searchsorted(self.classes_, y)
-
     def _cached_training_features(self, paths):
         """Frozen features of the training images, or ``(None, None)`` when
         they would exceed ``cache_max_gb`` (the caller then runs the frozen
@@ -645,6 +562,11 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             )
             return None, None
 
+    def _set_classes(self, y):
+        self.classes_, y_encoded = fit_classes(y)
+        self.n_classes_ = len(self.classes_)
+        return y_encoded
+
     def _refit_classes_if_needed(self, y):
         n_before = self.n_classes_
         y_encoded = self._set_classes(y)
@@ -657,27 +579,17 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
 
     def _train(self, paths, features, y, y_encoded, sample_weight, *, max_epochs,
                history, seed):
-        train_idx, valid_idx = self._validation_split(y_encoded)
+        train_idx, valid_idx = validation_split(
+            y_encoded, self.validation_fraction, self.torch_seed_
+        )
         targets = torch.as_tensor(y_encoded, dtype=torch.int64)
-        weights = None
-        if sample_weight is not None:
-            total = sample_weight[train_idx].sum()
-            if not total > 0:
-                raise ValueError(
-                    "sample_weight is zero for every training image; give some "
-                    "images a positive weight."
-                )
-            # Mean 1 over the training images: uniform weights then train
-            # exactly as no weights, and lr keeps its meaning.
-            weights = torch.as_tensor(
-                sample_weight * (len(train_idx) / total), dtype=torch.float32
-            )
+        weights = normalized_sample_weight(sample_weight, train_idx)
         if features is not None:
             module, num_workers = self.model_.suffix, 0
-            train = _weighted(SkorchDataset, features, targets, weights, train_idx)
+            train = tensor_dataset(features, targets, weights, train_idx)
             valid = (
                 None if valid_idx is None
-                else _weighted(SkorchDataset, features, targets, weights, valid_idx)
+                else tensor_dataset(features, targets, weights, valid_idx)
             )
         else:
             module = self.model_
@@ -686,19 +598,20 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
                 num_workers = default_num_workers(len(train_idx), self.batch_size)
             prep = self.preprocessing_
             transform = train_transform(prep) if self.augment else eval_transform(prep)
-            train = self._image_dataset(paths[train_idx], transform,
-                                        targets[train_idx])
-            train = _WeightedDataset.wrap(train, weights, train_idx)
+            train = with_sample_weight(
+                self._image_dataset(paths[train_idx], transform, targets[train_idx]),
+                None if weights is None else weights[train_idx],
+            )
             valid = (
                 None if valid_idx is None
-                else _WeightedDataset.wrap(
+                else with_sample_weight(
                     self._image_dataset(paths[valid_idx], eval_transform(prep),
                                         targets[valid_idx]),
-                    weights, valid_idx,
+                    None if weights is None else weights[valid_idx],
                 )
             )
         split = predefined_split(valid) if valid is not None else None
-        loss_weights = self._loss_weights(y_encoded, y)
+        loss_weights = class_loss_weights(self.class_weight, self.classes_, y)
         # A head on pooled features is a few small matrix products per step:
         # splitting them over threads costs more in synchronisation than it
         # saves (several times over when the cores are busy, e.g. parallel

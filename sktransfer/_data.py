@@ -6,11 +6,18 @@ import os
 import numpy as np
 import torch
 from scipy.sparse import issparse
+from skorch.dataset import Dataset as SkorchDataset
 from torch.utils.data import Dataset
 
 from ._images import ImageLoadError, load_rgb_image
 
-__all__ = ["ImageDataset", "check_image_paths", "format_bad_images"]
+__all__ = [
+    "ImageDataset",
+    "check_image_paths",
+    "format_bad_images",
+    "tensor_dataset",
+    "with_sample_weight",
+]
 
 
 def check_image_paths(X, *, name="X"):
@@ -135,3 +142,36 @@ def collate_with_errors(items):
     images = torch.stack([img for img, _ in ok]) if ok else None
     indices = [i for _, i in ok]
     return images, indices, failed
+
+
+def tensor_dataset(features, targets, weights, idx):
+    """Rows ``idx`` of cached features as a skorch Dataset.
+
+    With ``weights``, inputs are dicts ``{"X": row, "sample_weight": w}``,
+    the form ``TransferNet`` takes sample weights in.
+    """
+    if weights is None:
+        return SkorchDataset(features[idx], targets[idx])
+    return SkorchDataset(
+        {"X": features[idx], "sample_weight": weights[idx]}, targets[idx]
+    )
+
+
+class _WeightedItems(Dataset):
+    """Items ``({"X": image, "sample_weight": w}, target)`` of a dataset."""
+
+    def __init__(self, dataset, weights):
+        self.dataset = dataset
+        self.weights = weights
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, y = self.dataset[i]
+        return {"X": x, "sample_weight": self.weights[i]}, y
+
+
+def with_sample_weight(dataset, weights):
+    """``dataset`` whose inputs carry ``weights`` (one per item), if any."""
+    return dataset if weights is None else _WeightedItems(dataset, weights)

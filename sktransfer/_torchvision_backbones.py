@@ -111,7 +111,7 @@ def _make_torchvision_builder(name, split):
 def _weights_member(enum_cls, weights, model_name):
     if weights == "DEFAULT":
         return enum_cls.DEFAULT
-    valid = ["DEFAULT", *enum_cls.__members__]
+    valid = ["DEFAULT", *(m for m in enum_cls.__members__ if m != "DEFAULT")]
     member = str(weights).split(".")[-1]
     if member not in enum_cls.__members__:
         raise ValueError(
