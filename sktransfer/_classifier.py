@@ -744,9 +744,11 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         proba : ndarray of shape (n_samples, n_classes)
         """
         check_is_fitted(self)
-        features = self._features_or_raise(X, self.model_.frozen)
         self.model_.eval()
-        logits = self._run_suffix(features, self.model_.suffix)
+        logits = self._map_features(
+            X, self.model_.frozen,
+            lambda features: self._run_suffix(features, self.model_.suffix),
+        )
         return torch.softmax(logits.double(), dim=1).numpy()
 
     def predict(self, X):
@@ -781,6 +783,8 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         features : ndarray of shape (n_samples, n_features)
         """
         check_is_fitted(self)
-        features = self._features_or_raise(X, self.model_.frozen)
         self.model_.eval()
-        return self._run_suffix(features, self.model_.suffix.embed).numpy()
+        return self._map_features(
+            X, self.model_.frozen,
+            lambda features: self._run_suffix(features, self.model_.suffix.embed),
+        ).numpy()

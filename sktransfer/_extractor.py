@@ -186,7 +186,7 @@ class PretrainedFeatureExtractor(
         features : ndarray of shape (n_samples, n_features_out_), float32
         """
         check_is_fitted(self)
-        features = self._features_or_raise(X, self.frozen_)
+        features = self._map_features(X, self.frozen_, lambda rows: rows)
         return np.ascontiguousarray(features.numpy(), dtype=np.float32)
 
     def __sklearn_tags__(self):

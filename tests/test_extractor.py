@@ -60,7 +60,8 @@ def test_embeddings_equal_classifier_frozen_features(colour_images, tiny_params,
     clf = PretrainedCNNClassifier(**tiny_params, unfreeze=0, cache=False)
     clf.fit(paths, labels)
     with torch.inference_mode():
-        expected = clf._features_or_raise(paths, clf.model_.frozen).numpy()
+        frozen = clf._map_features(paths, clf.model_.frozen, lambda rows: rows)
+    expected = frozen.numpy()
     ext = PretrainedFeatureExtractor(**extractor_params, cache=False).fit(paths)
     np.testing.assert_allclose(ext.transform(paths), expected, rtol=1e-5, atol=1e-6)
     # Same setting, same cache key: the two estimators share cached features.

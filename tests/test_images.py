@@ -13,6 +13,7 @@ from conftest import make_colour_images
 from PIL import Image, ImageFile
 from skorch.callbacks import Callback
 
+import sktransfer._base as base_module
 from sktransfer import BadImagesError, ImageLoadError, PretrainedCNNClassifier
 from sktransfer._images import load_rgb_image
 from sktransfer._transforms import Preprocessing, eval_transform
@@ -334,3 +335,19 @@ def test_predict_never_drops(with_bad_files, tiny_params, policy):
             method(X)
         assert str(X[-1]) in str(info.value)
     assert torch.is_tensor(torch.as_tensor(clf.predict_proba(X[:12])))
+
+
+def test_predict_in_chunks(with_bad_files, tiny_params, monkeypatch):
+    X, y = with_bad_files
+    good = X[:12]
+    clf = PretrainedCNNClassifier(**tiny_params, unfreeze=1, cache=False)
+    clf.fit(good, y[:12])
+    whole = clf.predict_proba(good)
+    monkeypatch.setattr(base_module, "_PREDICT_CHUNK", 5)
+    np.testing.assert_allclose(clf.predict_proba(good), whole, rtol=1e-6)
+    assert clf.transform(good).shape[0] == 12
+    # Bad files in two different chunks are all listed, in input order.
+    X_mixed = np.concatenate([X[-3:-2], good, X[-2:]])
+    with pytest.raises(BadImagesError) as info:
+        clf.predict(X_mixed)
+    assert [p for p, _ in info.value.errors] == [X[-3], X[-2], X[-1]]
