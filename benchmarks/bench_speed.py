@@ -65,7 +65,7 @@ def run(n_images=200, folder=None):
     prep = default_preprocessing(BACKBONE)
     t = {}
     raw_forward(BACKBONE, X[:8], prep)  # warm-up: thread pools, allocator
-    with timed(t, "raw"):
+    with timed(t, "raw_1"):
         raw_forward(BACKBONE, X, prep)
 
     clear_feature_cache()
@@ -74,6 +74,11 @@ def run(n_images=200, folder=None):
     clear_feature_cache()
     with timed(t, "predict"):
         predicted_fp32 = clf.predict(X)
+    # The floor is timed twice and the faster run is used, so a slow
+    # outlier never flatters a ratio.
+    with timed(t, "raw_2"):
+        raw_forward(BACKBONE, X, prep)
+    t["raw"] = min(t["raw_1"], t["raw_2"])
     with timed(t, "skorch"):
         skorch_freezer_fit(X, y, prep)
 
