@@ -93,3 +93,38 @@ def test_unfreeze_depth_controls_trainable_blocks(name):
         n_neck = sum(p.numel() for p in parts.neck.parameters()) if k else 0
         assert sum(p.numel() for p in trainable_backbone) == n_expected + n_neck
         assert all(p.requires_grad for p in module.suffix.head.parameters())
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_training_step_leaves_frozen_blocks_bit_identical(name):
+    """On every family, a training step changes nothing in the frozen prefix.
+
+    BatchNorm in the unfrozen block is set to update its statistics
+    (``freeze_bn_stats=False``), the case where a module-wide ``train()``
+    would also let the frozen blocks' statistics drift.
+    """
+    torch.manual_seed(0)
+    module = build_transfer_module(
+        get_backbone(name).build(None), 1, n_classes=3, freeze_bn_stats=False
+    )
+    before = {k: v.clone() for k, v in module.frozen.state_dict().items()}
+    trainable_before = {k: v.clone() for k, v in module.suffix.state_dict().items()}
+    module.train()
+    assert not any(m.training for m in module.frozen.modules())
+    optimizer = torch.optim.SGD(
+        [p for p in module.parameters() if p.requires_grad], lr=0.1
+    )
+    loss = nn.functional.cross_entropy(
+        module(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 2, 0])
+    )
+    loss.backward()
+    optimizer.step()
+    after = module.frozen.state_dict()
+    assert before.keys() == after.keys() and before
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+    # The unfrozen block and head did train.
+    assert any(
+        not torch.equal(value, module.suffix.state_dict()[key])
+        for key, value in trainable_before.items()
+    )
