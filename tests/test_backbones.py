@@ -95,9 +95,9 @@ def test_unfreeze_depth_controls_trainable_blocks(name):
         assert all(p.requires_grad for p in module.suffix.head.parameters())
 
 
-@pytest.mark.parametrize("name", TORCHVISION)
+@pytest.mark.parametrize("name", [*TORCHVISION, "efficientnet_lite0"])
 def test_training_step_leaves_frozen_blocks_bit_identical(name):
-    """On every family, a training step changes nothing in the frozen prefix.
+    """On every family (timm too), a training step changes nothing in the frozen prefix.
 
     BatchNorm in the unfrozen block is set to update its statistics
     (``freeze_bn_stats=False``), the case where a module-wide ``train()``
