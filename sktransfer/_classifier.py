@@ -48,6 +48,7 @@ from ._training import (
     TransferNet,
     fit_with_oom_backoff,
     limit_threads_in_worker,
+    optimizer_snapshot,
     seeded,
 )
 from ._transforms import eval_transform, train_transform
@@ -164,8 +165,10 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
     warm_start : bool, default=False
         When True, ``fit`` on a fitted model continues training its weights
         for ``max_epochs`` more epochs (same classes required) instead of
-        starting again. The optimizer state starts afresh; ``history_``
-        continues.
+        starting again. ``history_`` continues, and so does the
+        optimizer's running state (e.g. Adam's moment estimates, kept in
+        memory after each such fit; not in :meth:`save` files), while its
+        settings such as ``lr`` follow the current parameters.
     random_state : int, RandomState instance or None, default=None
         Seeds the head initialisation, shuffling, augmentation and the
         validation split; with an int, fits on the CPU are repeatable.
@@ -390,6 +393,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             max_epochs=max_epochs,
             batch_size=batch_size,
             initial_history=history,
+            initial_optimizer_state=getattr(self, "_optimizer_state", None),
             train_split=train_split,
             iterator_train__shuffle=True,
             classes=np.arange(self.n_classes_),
@@ -435,7 +439,9 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         """Train one more epoch on ``X``, continuing from the fitted weights.
 
         On an unfitted estimator this fits for a single epoch. Later calls
-        may pass new images, whose labels must all be in ``classes_``.
+        may pass new images, whose labels must all be in ``classes_``. The
+        optimizer's running state carries over between calls, so ``n``
+        calls on the same images train like one ``fit`` of ``n`` epochs.
 
         Parameters
         ----------
@@ -464,9 +470,10 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
                 "head cannot change its classes: call fit to start again."
             )
         return self._fit(X, y, sample_weight, warm=warm, max_epochs=1,
-                         classes=classes)
+                         classes=classes, continued=True)
 
-    def _fit(self, X, y, sample_weight, *, warm, max_epochs, classes=None):
+    def _fit(self, X, y, sample_weight, *, warm, max_epochs, classes=None,
+             continued=False):
         if self.early_stopping is not None and self.validation_fraction is None:
             raise ValueError(
                 "early_stopping needs held-out data to monitor: set "
@@ -480,6 +487,8 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
                 sample_weight, paths, ensure_non_negative=True
             )
         history = None
+        if not warm:
+            self._optimizer_state = None  # read by _make_net
         if warm:
             encode_labels(self.classes_, y)
             # A model loaded from the safe format has no history; start one.
@@ -516,10 +525,16 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         # Training is seeded on its own, so whether features came from the
         # cache (no loader, no random draws) does not change the result.
         with seeded(seed, self.device_):
-            interrupted = self._train(
+            net, interrupted = self._train(
                 paths, features, y, y_encoded, sample_weight,
                 max_epochs=max_epochs, history=history, seed=seed,
             )
+        # Kept only when a later fit may continue this one: Adam's moments
+        # are twice the size of the trained weights.
+        self._optimizer_state = (
+            optimizer_snapshot(net.optimizer_)
+            if continued or self.warm_start else None
+        )
         self.model_.eval()
         if interrupted:
             self.interrupted_ = True
@@ -631,7 +646,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
                 batch_size=self.batch_size, seed=seed,
             )
         self.history_ = net.history
-        return interrupted
+        return net, interrupted
 
     def _image_dataset(self, paths, transform, targets):
         return ImageDataset(

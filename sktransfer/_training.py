@@ -1,6 +1,7 @@
 """skorch glue: the net subclass, a NaN guard, and an interruptible fit loop."""
 
 import contextlib
+import copy
 import multiprocessing
 import os
 import warnings
@@ -22,6 +23,7 @@ __all__ = [
     "TransferNet",
     "fit_with_oom_backoff",
     "limit_threads_in_worker",
+    "optimizer_snapshot",
     "run_fit",
     "seeded",
 ]
@@ -64,13 +66,19 @@ class TransferNet(NeuralNetClassifier):
     built with ``reduction="none"`` and the loss is the weighted mean.
 
     With ``initial_history`` (the history of earlier fits), training
-    continues it, numbering epochs on, instead of starting a new one.
+    continues it, numbering epochs on, instead of starting a new one. With
+    ``initial_optimizer_state`` (an :func:`optimizer_snapshot` of an earlier
+    fit of the same module), the optimizer resumes its running state, e.g.
+    Adam's moment estimates, while its hyperparameters such as ``lr`` follow
+    the current settings.
     """
 
-    def __init__(self, *args, autocast_dtype=None, initial_history=None, **kwargs):
+    def __init__(self, *args, autocast_dtype=None, initial_history=None,
+                 initial_optimizer_state=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.autocast_dtype = autocast_dtype
         self.initial_history = initial_history
+        self.initial_optimizer_state = initial_optimizer_state
 
     def initialize(self):
         super().initialize()
@@ -78,6 +86,12 @@ class TransferNet(NeuralNetClassifier):
             torch.amp.GradScaler(torch.device(self.device).type)
             if self.autocast_dtype == torch.float16 else None
         )
+        return self
+
+    def initialize_optimizer(self, *args, **kwargs):
+        super().initialize_optimizer(*args, **kwargs)
+        if self.initial_optimizer_state is not None:
+            _resume_optimizer(self.optimizer_, self.initial_optimizer_state)
         return self
 
     def initialize_history(self):
@@ -131,6 +145,31 @@ class TransferNet(NeuralNetClassifier):
             weight = to_tensor(X["sample_weight"], device=self.device)
             loss = (weight * loss).mean()
         return loss
+
+
+def optimizer_snapshot(optimizer):
+    """The optimizer's class and a copy of its state, to resume it later."""
+    return type(optimizer), copy.deepcopy(optimizer.state_dict())
+
+
+def _resume_optimizer(optimizer, snapshot):
+    """Load ``snapshot`` into ``optimizer`` if it fits; keep current settings.
+
+    A snapshot of another optimizer class or of other parameter groups is
+    ignored: the optimizer then starts afresh, as in a first fit.
+    """
+    optimizer_class, state = snapshot
+    groups = optimizer.param_groups
+    if type(optimizer) is not optimizer_class or [
+        len(g["params"]) for g in state["param_groups"]
+    ] != [len(g["params"]) for g in groups]:
+        return
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+    # A copy: the optimizer updates its state in place, and the snapshot may
+    # be loaded again (a retry after running out of memory).
+    optimizer.load_state_dict(copy.deepcopy(state))
+    for group, current in zip(optimizer.param_groups, settings):
+        group.update(current)
 
 
 def run_fit(net, X, y=None):

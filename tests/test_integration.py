@@ -1,5 +1,6 @@
 """The classifier inside scikit-learn's tools, and continued training."""
 
+import joblib
 import matplotlib
 import numpy as np
 import pytest
@@ -168,6 +169,61 @@ def test_partial_fit_runs_one_epoch_on_new_data(three_class_images, tiny_params)
     for _ in range(6):
         clf.partial_fit(paths, labels)
     assert clf.score(paths, labels) >= 0.8
+
+
+def _adam_steps(clf):
+    """Steps taken by the kept optimizer state (one per training batch)."""
+    optimizer_class, state = clf._optimizer_state
+    return {int(s["step"]) for s in state["state"].values()}
+
+
+def test_continued_training_resumes_the_optimizer(colour_images, tiny_params,
+                                                  tmp_path):
+    paths, labels = colour_images  # 24 images, batch_size 8: 3 steps an epoch
+    clf = PretrainedCNNClassifier(**tiny_params)
+    for n in range(1, 4):
+        clf.partial_fit(paths, labels)
+        assert _adam_steps(clf) == {3 * n}
+    # A pickled model continues too; its kept state is on the CPU.
+    path = tmp_path / "model.joblib"
+    joblib.dump(clf, path)
+    loaded = joblib.load(path)
+    assert all(t.device.type == "cpu"
+               for s in loaded._optimizer_state[1]["state"].values()
+               for t in s.values())
+    loaded.partial_fit(paths, labels)
+    assert _adam_steps(loaded) == {12}
+    # warm_start: the state continues, a changed lr is used from now on.
+    warm = PretrainedCNNClassifier(**tiny_params, warm_start=True)
+    warm.fit(paths, labels).set_params(lr=0.001).fit(paths, labels)
+    assert _adam_steps(warm) == {18}
+    assert {g["lr"] for g in warm._optimizer_state[1]["param_groups"]} == {0.001}
+    # Another optimizer cannot take Adam's state: it starts afresh.
+    warm.set_params(optimizer="sgd").fit(paths, labels)
+    assert warm._optimizer_state[0] is torch.optim.SGD
+    # A fit that does not continue keeps no state, and a later fit
+    # starts a fresh optimizer.
+    cold = PretrainedCNNClassifier(**tiny_params).fit(paths, labels)
+    assert cold._optimizer_state is None
+
+
+def test_resumed_optimizer_trains_like_one_long_fit(colour_images, tiny_params):
+    """Three one-epoch continuations end near one three-epoch fit; restarting
+    Adam every epoch (its first steps are full-size) ends farther away."""
+    paths, labels = colour_images
+    params = dict(tiny_params, lr=0.01, max_epochs=1)
+    one_fit = PretrainedCNNClassifier(**dict(params, max_epochs=3))
+    reference = head_weights(one_fit.fit(paths, labels))
+    resumed = PretrainedCNNClassifier(**params)
+    for _ in range(3):
+        resumed.partial_fit(paths, labels)
+    restarted = PretrainedCNNClassifier(**params)
+    for _ in range(3):
+        restarted.partial_fit(paths, labels)
+        restarted._optimizer_state = None  # what a fresh optimizer would do
+    def distance(clf):
+        return torch.linalg.norm(head_weights(clf) - reference)
+    assert distance(resumed) < distance(restarted)
 
 
 def test_partial_fit_rejects_unknown_labels(colour_images, three_class_images,
