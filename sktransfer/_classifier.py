@@ -491,7 +491,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             self._optimizer_state = None  # read by _make_net
         if warm:
             encode_labels(self.classes_, y)
-            # A model loaded from the safe format has no history; start one.
+            # A model loaded from an older safe-format file has no history.
             history = getattr(self, "history_", None)
             seed = self._continued_seed(history)
         else:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
+from skorch.history import History
 
 from ._persistence import library_versions, warn_on_version_change
 from ._transforms import Preprocessing
@@ -81,6 +82,23 @@ def _params_for_json(est):
     return params, dropped
 
 
+def _history_for_json(history):
+    """skorch's history (epochs, with their batches) as plain JSON values."""
+    if history is None:
+        return None
+
+    def plain(value):  # numpy and 0-d torch scalars that skorch may log
+        if isinstance(value, (np.generic, torch.Tensor)):
+            return value.item()
+        raise TypeError(
+            f"The training history holds a {type(value).__name__}, which has "
+            "no JSON form; log plain numbers from callbacks, or pickle the "
+            "model with joblib instead."
+        )
+
+    return json.loads(json.dumps(history.to_list(), default=plain))
+
+
 def _classes_for_json(classes):
     values = classes.tolist()
     for v in values:
@@ -138,6 +156,7 @@ def save_model(est, path, *, include_backbone=True):
         "fitted": {name: _json_value(getattr(est, name, None))
                    for name in _FITTED_SCALARS},
         "skipped_images": [list(pair) for pair in est.skipped_images_],
+        "history": _history_for_json(getattr(est, "history_", None)),
         "preprocessing": _json_value(est.preprocessing_.to_dict()),
         "backbone": {
             "name": est.backbone,
@@ -240,6 +259,8 @@ def load_model(cls, path):
     classes = manifest["classes"]
     est.classes_ = np.array(classes["values"], dtype=np.dtype(classes["dtype"]))
     est.skipped_images_ = [tuple(pair) for pair in manifest["skipped_images"]]
+    if manifest.get("history") is not None:
+        est.history_ = History(manifest["history"])
     est._restore_device()
     est._setup_precision()
     backbone = manifest["backbone"]

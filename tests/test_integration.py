@@ -317,8 +317,9 @@ def test_partial_fit_continues_a_loaded_model(colour_images, tiny_params, tmp_pa
     clf.save(tmp_path / "model")
     loaded = PretrainedCNNClassifier.load(tmp_path / "model")
     torch.testing.assert_close(head_weights(loaded), head_weights(clf))
+    assert loaded.history_.to_list() == clf.history_.to_list()
     loaded.partial_fit(paths, labels)
-    assert len(loaded.history_) == 1  # the saved format keeps no history
+    assert loaded.history_[:, "epoch"] == [1, 2, 3, 4]  # history continues
     # One more epoch from the loaded weights, not a fresh start: the loss is
     # already that of a trained head.
     assert loaded.history_[-1, "train_loss"] < clf.history_[0, "train_loss"]

@@ -164,6 +164,19 @@ def test_safe_format_keeps_label_dtype(colour_images, tiny_params, tmp_path, lab
     np.testing.assert_array_equal(loaded.predict(X), clf.predict(X))
 
 
+def test_safe_format_keeps_the_history(fitted, tmp_path):
+    clf, _ = fitted
+    clf.history_.record("lr_logged", np.float32(0.5))  # a numpy scalar
+    loaded = PretrainedCNNClassifier.load(clf.save(tmp_path / "m"))
+    assert loaded.history_.to_list() == json.loads(
+        json.dumps(clf.history_.to_list(), default=float)
+    )
+    assert loaded.history_[-1, "lr_logged"] == 0.5
+    clf.history_.record("note", object())
+    with pytest.raises(TypeError, match="no JSON form"):
+        clf.save(tmp_path / "other")
+
+
 def test_each_tensor_stored_once(fitted, tmp_path):
     clf, _ = fitted
     stored = load_file(clf.save(tmp_path / "m") / "model.safetensors")
