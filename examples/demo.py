@@ -2,7 +2,7 @@
 
 Run with ``make demo`` (the bundled emoji drawings) or
 ``make demo DATA=path/to/folder`` (one sub-folder per class). On two CPU
-cores with no network it takes about 5 minutes, four of them training the
+cores with no network it takes 5 to 6 minutes, most of it training the
 from-scratch baseline:
 
 1. the same 3-fold stratified cross-validation for three models of one
