@@ -491,7 +491,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             self._optimizer_state = None  # read by _make_net
         if warm:
             encode_labels(self.classes_, y)
-            # A model loaded from an older safe-format file has no history.
+            # A loaded model whose file held no history starts a new one.
             history = getattr(self, "history_", None)
             seed = self._continued_seed(history)
         else:
