@@ -440,8 +440,9 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
 
         On an unfitted estimator this fits for a single epoch. Later calls
         may pass new images, whose labels must all be in ``classes_``. The
-        optimizer's running state carries over between calls, so ``n``
-        calls on the same images train like one ``fit`` of ``n`` epochs.
+        optimizer's running state (e.g. Adam's moment estimates) carries
+        over between calls, so successive calls continue one optimisation
+        instead of restarting it each epoch.
 
         Parameters
         ----------
@@ -487,14 +488,13 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
                 sample_weight, paths, ensure_non_negative=True
             )
         history = None
-        if not warm:
-            self._optimizer_state = None  # read by _make_net
         if warm:
             encode_labels(self.classes_, y)
             # A loaded model whose file held no history starts a new one.
             history = getattr(self, "history_", None)
             seed = self._continued_seed(history)
         else:
+            self._optimizer_state = None  # read by _make_net
             self._setup_runtime()
             self.torch_seed_ = seed = torch_seed(self.random_state)
             # Classes are fixed before images are checked so the head can be
