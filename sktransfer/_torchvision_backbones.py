@@ -8,10 +8,10 @@ from torchvision.models import get_model, get_model_weights
 from ._backbones import BackboneParts, BackboneSpec, register_backbone
 from ._transforms import Preprocessing
 from ._weights import (
-    file_sha256,
     is_weights_path,
     load_state_dict_file,
     load_torchvision_weights,
+    weights_file_id,
 )
 
 
@@ -96,7 +96,7 @@ def _make_torchvision_builder(name, split):
         elif is_weights_path(weights):
             model.load_state_dict(_load_backbone_state(model, weights))
             prep_source = enum_cls.DEFAULT
-            weights_id = f"file:sha256:{file_sha256(weights)}"
+            weights_id = weights_file_id(weights)
         else:
             prep_source = _weights_member(enum_cls, weights, name)
             load_torchvision_weights(model, prep_source, name)

@@ -5,13 +5,20 @@ the name of a torchvision weights enum member such as ``"IMAGENET1K_V2"``,
 ``None`` (random initialisation) or a path to a local state-dict file.
 """
 
+import functools
 import hashlib
 import os
 from pathlib import Path
 
 import torch
 
-__all__ = ["file_sha256", "is_weights_path", "load_state_dict_file"]
+__all__ = [
+    "file_sha256",
+    "is_weights_path",
+    "load_state_dict_file",
+    "weights_file_digest",
+    "weights_file_id",
+]
 
 
 def is_weights_path(weights):
@@ -30,6 +37,28 @@ def file_sha256(path, chunk_size=1 << 20):
         for chunk in iter(lambda: f.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def weights_file_digest(path):
+    """SHA-256 of a weights file, hashed again only when the file changes.
+
+    Every fit of a search or a CV fold names the weights it was built from,
+    and hashing a 100 MB file each time would cost more than training a head.
+    The file's size and modification time decide whether the hash is reused;
+    integrity checks of saved models use :func:`file_sha256` directly.
+    """
+    stat = os.stat(path)
+    return _digest_of(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _digest_of(path, size, mtime_ns):
+    return file_sha256(path)
+
+
+def weights_file_id(path):
+    """Identity of a local weights file, as fitted models record it."""
+    return f"file:sha256:{weights_file_digest(path)}"
 
 
 def load_state_dict_file(path):

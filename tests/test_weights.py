@@ -143,3 +143,25 @@ def test_file_of_another_architecture_is_refused(tmp_path):
     torch.save({"features.0.weight": torch.zeros(3)}, path)
     with pytest.raises(ValueError, match="other.pth.*does not match"):
         get_backbone("resnet18").build(str(path))
+
+
+def test_weights_file_is_hashed_again_only_when_it_changes(tmp_path, monkeypatch):
+    import sktransfer._weights as weights_module
+
+    calls = []
+    real = weights_module.file_sha256
+
+    def counting(path, *args, **kwargs):
+        calls.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(weights_module, "file_sha256", counting)
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"first")
+    first = weights_module.weights_file_id(path)
+    assert weights_module.weights_file_id(path) == first
+    assert len(calls) == 1  # the second fit reuses the hash
+    path.write_bytes(b"second, longer")
+    second = weights_module.weights_file_id(path)
+    assert second != first and len(calls) == 2
+    assert second == f"file:sha256:{real(path)}"
