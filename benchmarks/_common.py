@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from sktransfer._features import default_num_workers
+from sktransfer._runtime import default_num_workers
 from sktransfer._transforms import eval_transform
 
 CLASSES = ((200, 60, 40), (40, 180, 60), (50, 70, 200), (190, 190, 50))

@@ -20,7 +20,7 @@ from _common import (
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
 
 from sktransfer import PretrainedCNNClassifier, clear_feature_cache
-from sktransfer._features import default_num_workers
+from sktransfer._runtime import default_num_workers
 from sktransfer._transforms import eval_transform
 
 BACKBONE = "resnet18"

@@ -7,7 +7,7 @@ crop size; prints a Markdown table. ``python benchmarks/cache_sizes.py``.
 import torch
 
 from sktransfer import get_backbone, list_backbones
-from sktransfer._features import format_bytes
+from sktransfer._frozen import format_bytes
 from sktransfer._module import build_transfer_module
 
 

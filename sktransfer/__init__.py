@@ -1,17 +1,23 @@
-"""Transfer learning for images as scikit-learn estimators."""
+"""Transfer learning for images as scikit-learn estimators.
 
-from . import _timm, _torchvision_backbones  # noqa: F401  (register the families)
-from ._backbones import BackboneSpec, get_backbone, list_backbones, register_backbone
-from ._base import BadImagesError
+The package follows the data's path: ``backbones`` (what a network is and
+how it is cut into blocks) → ``_images``/``_transforms``/``_data`` (files
+to tensors) → ``_frozen``/``_cache`` (the frozen part, run once and cached)
+→ ``_module``/``_training`` (what trains, through skorch) → the estimators,
+which only orchestrate → ``io`` (pickles and the safe format) and the
+command line. ``_runtime`` is the only place that reads the hardware and
+``_compat`` the only one that imports other libraries' private names.
+"""
+
 from ._cache import clear_feature_cache
 from ._classifier import PretrainedCNNClassifier
 from ._extractor import PretrainedFeatureExtractor
 from ._folder import load_image_folder
-from ._images import ImageLoadError
-from ._persistence import InconsistentVersionWarning
-from ._safe_format import ModelFileError
+from ._images import BadImagesError, ImageLoadError
 from ._training import NonFiniteLossError
 from ._version import __version__
+from .backbones import BackboneSpec, get_backbone, list_backbones, register_backbone
+from .io import InconsistentVersionWarning, ModelFileError
 
 __all__ = [
     "BackboneSpec",

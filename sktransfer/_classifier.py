@@ -6,34 +6,19 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import ClassifierMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import (
-    _check_sample_weight,
-    check_is_fitted,
-)
-from skorch.callbacks import EarlyStopping
-from skorch.helper import predefined_split
-from torch import nn
+from sklearn.base import ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
 
-from ._base import (
-    BadImagesError,
-    TransferEstimatorBase,
-    torch_seed,
-    warn_skipped,
-)
+from ._base import TransferEstimatorBase
+from ._compat import Interval, StrOptions, check_sample_weight, fit_context
 from ._data import (
     ImageDataset,
     check_image_paths,
     tensor_dataset,
     with_sample_weight,
 )
-from ._features import (
-    FeatureCacheTooLarge,
-    cudnn_autotuning,
-    default_num_workers,
-    torch_threads,
-)
+from ._frozen import find_bad_images, map_features, training_features
+from ._images import BadImagesError, warn_skipped
 from ._labels import (
     check_targets,
     class_loss_weights,
@@ -43,22 +28,24 @@ from ._labels import (
     validation_split,
 )
 from ._module import build_transfer_module
-from ._training import (
-    StopOnNonFiniteLoss,
-    TransferNet,
-    fit_with_oom_backoff,
+from ._runtime import (
+    cudnn_autotuning,
+    default_num_workers,
     limit_threads_in_worker,
-    optimizer_snapshot,
     seeded,
+    torch_seed,
+    torch_threads,
+)
+from ._training import (
+    OPTIMIZERS,
+    TrainingPlan,
+    fit_with_oom_backoff,
+    optimizer_snapshot,
 )
 from ._transforms import eval_transform, train_transform
 from ._warnings import user_stacklevel
 
-_OPTIMIZERS = {
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "sgd": torch.optim.SGD,
-}
+__all__ = ["PretrainedCNNClassifier"]
 
 
 class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
@@ -224,7 +211,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr_ratio": [Interval(Real, 0, None, closed="left")],
-        "optimizer": [StrOptions(set(_OPTIMIZERS)), type],
+        "optimizer": [StrOptions(set(OPTIMIZERS)), type],
         "augment": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
         "early_stopping": [Interval(Integral, 1, None, closed="left"), None],
@@ -236,6 +223,14 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         "net_params": [dict, None],
         "warm_start": ["boolean"],
     }
+
+    # Names starting with "_" are kept in pickles but not in save() files.
+    _fitted_values = (
+        *TransferEstimatorBase._fitted_values,
+        "classes_", "n_classes_", "history_", "skipped_images_",
+        "n_train_images_", "interrupted_", "batch_size_", "_optimizer_state",
+    )  # fmt: skip
+    _module_attributes = ("model_",)
 
     def __init__(
         self,
@@ -318,25 +313,25 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             return self.weights is not None
         return self.batchnorm == "frozen"
 
-    def _assemble_module(self, weights, *, restoring=False):
-        spec, parts = self._build_backbone(weights, restoring=restoring)
-        n_unfrozen = self._n_unfrozen(spec.n_blocks)
-        self.n_frozen_blocks_ = spec.n_blocks - n_unfrozen
-        module = build_transfer_module(
+    def _architecture(self, attr, parts):
+        """The transfer module on ``parts``, cut where the fit cut it."""
+        return build_transfer_module(
             parts,
-            n_unfrozen,
+            self.backbone_n_blocks_ - self.n_frozen_blocks_,
             self.n_classes_,
             hidden_layer_sizes=tuple(self.hidden_layer_sizes),
             dropout=self.dropout,
             freeze_bn_stats=self._freeze_bn_stats(),
         )
-        return module
 
-    def _rebuild_module(self, attr):
-        # Loading a pickle: the architecture only; the state dict follows.
-        # restoring: building with weights=None must not overwrite what the
-        # fitted weights recorded (their identity feeds the feature-cache key).
-        return self._assemble_module(weights=None, restoring=True)
+    def _build_model(self, seed):
+        """Build backbone and head as a fresh fit does, seeded with ``seed``."""
+        with seeded(seed, self.device_):
+            spec, parts = self._backbone_parts(self.weights)
+            n_frozen = spec.n_blocks - self._n_unfrozen(spec.n_blocks)
+            self._record_backbone(spec, parts, n_frozen)
+            module = self._architecture("model_", parts)
+        return self._place_module(module)
 
     # -- fitting ----------------------------------------------------------
 
@@ -357,61 +352,10 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         self.skipped_images_ = bad
         return keep
 
-    def _make_net(self, module, train_split, loss_weights, num_workers, batch_size,
-                  *, max_epochs, weighted, history):
-        callbacks = [("nonfinite_loss", StopOnNonFiniteLoss())]
-        if self.early_stopping is not None:
-            callbacks.append(
-                (
-                    "early_stopping",
-                    EarlyStopping(patience=self.early_stopping, load_best=True),
-                )
-            )
-        optimizer = _OPTIMIZERS.get(self.optimizer, self.optimizer)
-        kwargs = {}
-        if optimizer is torch.optim.SGD:
-            kwargs["optimizer__momentum"] = 0.9
-        if self.n_frozen_blocks_ < self.backbone_n_blocks_:
-            kwargs["optimizer__param_groups"] = [
-                ("*trainable.*", {"lr": self.lr * self.backbone_lr_ratio})
-            ]
-        if num_workers:
-            kwargs.update(
-                iterator_train__num_workers=num_workers,
-                iterator_train__persistent_workers=True,
-                iterator_valid__num_workers=num_workers,
-            )
-        if weighted:  # TransferNet takes the weighted mean itself
-            kwargs["criterion__reduction"] = "none"
-        on_cuda = torch.device(self.device_).type == "cuda"
-        kwargs.update(
-            module=module,
-            criterion=nn.CrossEntropyLoss,
-            criterion__weight=loss_weights,
-            optimizer=optimizer,
-            lr=self.lr,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            initial_history=history,
-            initial_optimizer_state=getattr(self, "_optimizer_state", None),
-            train_split=train_split,
-            iterator_train__shuffle=True,
-            classes=np.arange(self.n_classes_),
-            device=self.device_,
-            verbose=self.verbose,
-            autocast_dtype=self.frozen_dtype_ if on_cuda else None,
-            compile=self.compile,
-        )
-        user = dict(self.net_params or {})
-        # User callbacks are added to ours rather than replacing the guards.
-        callbacks += list(user.pop("callbacks", None) or [])
-        kwargs.update(user)
-        return TransferNet(callbacks=callbacks, **kwargs)
-
     def _uses_feature_cache(self):
         return self.cache is not False and not self.augment
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None):
         """Train the head (and unfrozen blocks) on images and labels.
 
@@ -434,7 +378,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         warm = self.warm_start and hasattr(self, "model_")
         return self._fit(X, y, sample_weight, warm=warm, max_epochs=self.max_epochs)
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """Train one more epoch on ``X``, continuing from the fitted weights.
 
@@ -484,7 +428,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         y = check_targets(y, len(paths))
         limit_threads_in_worker()
         if sample_weight is not None:
-            sample_weight = _check_sample_weight(
+            sample_weight = check_sample_weight(
                 sample_weight, paths, ensure_non_negative=True
             )
         history = None
@@ -494,7 +438,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             history = getattr(self, "history_", None)
             seed = self._continued_seed(history)
         else:
-            self._optimizer_state = None  # read by _make_net
+            self._optimizer_state = None
             self._setup_runtime()
             self.torch_seed_ = seed = torch_seed(self.random_state)
             # Classes are fixed before images are checked so the head can be
@@ -504,13 +448,15 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         self.skipped_images_ = []
         self.interrupted_ = False
         if not warm:
-            with seeded(seed, self.device_):
-                self.model_ = self._place_module(self._assemble_module(self.weights))
+            self.model_ = self._build_model(seed)
+        frozen_pass = self._frozen_pass(self.model_.frozen)
         features, errors = None, None
         if self._uses_feature_cache():
-            features, errors = self._cached_training_features(paths)
+            features, errors = training_features(
+                frozen_pass, paths, max_gb=self.cache_max_gb
+            )
         if errors is None:  # not cached, or over cache_max_gb
-            errors = self._find_bad_images(paths)
+            errors = find_bad_images(frozen_pass, paths)
         keep = self._usable(paths, errors)
         paths, y = paths[keep], y[keep]
         if sample_weight is not None:
@@ -555,28 +501,6 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             return None
         return (seed + len(history or ())) % np.iinfo(np.int32).max
 
-    def _cached_training_features(self, paths):
-        """Frozen features of the training images, or ``(None, None)`` when
-        they would exceed ``cache_max_gb`` (the caller then runs the frozen
-        part every epoch)."""
-        try:
-            return self._frozen_features(
-                paths, self.model_.frozen,
-                batch_size=self._inference_batch_size(),
-                max_bytes=int(self.cache_max_gb * 1024**3),
-            )
-        except FeatureCacheTooLarge as exc:
-            warnings.warn(
-                f"{exc} The frozen part will run every epoch instead of being "
-                f"cached (cache_max_gb={self.cache_max_gb}), which is slower. "
-                "If the memory is available, raise cache_max_gb to at least "
-                f"{exc.n_bytes / 1024**3:.3g}; otherwise a smaller unfreeze or "
-                "image_size also shrinks the features.",
-                UserWarning,
-                stacklevel=user_stacklevel(),
-            )
-            return None, None
-
     def _set_classes(self, y):
         self.classes_, y_encoded = fit_classes(y)
         self.n_classes_ = len(self.classes_)
@@ -587,9 +511,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         y_encoded = self._set_classes(y)
         if self.n_classes_ != n_before:
             # Skipping bad images removed a whole class: rebuild the head.
-            with seeded(self.torch_seed_, self.device_):
-                module = self._assemble_module(self.weights)
-            self.model_ = self._place_module(module)
+            self.model_ = self._build_model(self.torch_seed_)
         return y_encoded
 
     def _train(self, paths, features, y, y_encoded, sample_weight, *, max_epochs,
@@ -625,8 +547,30 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
                     None if weights is None else weights[valid_idx],
                 )
             )
-        split = predefined_split(valid) if valid is not None else None
-        loss_weights = class_loss_weights(self.class_weight, self.classes_, y)
+        plan = TrainingPlan(
+            module=module,
+            n_classes=self.n_classes_,
+            lr=self.lr,
+            lr_scales=self.model_.suffix.lr_scales(self.backbone_lr_ratio),
+            optimizer=OPTIMIZERS.get(self.optimizer, self.optimizer),
+            max_epochs=max_epochs,
+            batch_size=self.batch_size,
+            device=self.device_,
+            valid=valid,
+            n_iter_no_change=self.early_stopping,
+            loss_weights=class_loss_weights(self.class_weight, self.classes_, y),
+            weighted=weights is not None,
+            num_workers=num_workers,
+            autocast_dtype=(
+                self.frozen_dtype_
+                if torch.device(self.device_).type == "cuda" else None
+            ),
+            compile=self.compile,
+            history=history,
+            optimizer_state=self._optimizer_state,
+            net_params=dict(self.net_params or {}),
+            verbose=self.verbose,
+        )
         # A head on pooled features is a few small matrix products per step:
         # splitting them over threads costs more in synchronisation than it
         # saves (several times over when the cores are busy, e.g. parallel
@@ -637,13 +581,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             cudnn_autotuning(self.device_),
         ):
             net, interrupted, self.batch_size_ = fit_with_oom_backoff(
-                lambda batch_size: self._make_net(
-                    module, split, loss_weights, num_workers, batch_size,
-                    max_epochs=max_epochs, weighted=weights is not None,
-                    history=history,
-                ),
-                module, train, None,
-                batch_size=self.batch_size, seed=seed,
+                plan, train, seed=seed
             )
         self.history_ = net.history
         return net, interrupted
@@ -706,7 +644,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         >>> clf.save("my_model")  # doctest: +SKIP
         >>> PretrainedCNNClassifier.load("my_model").predict(paths)  # doctest: +SKIP
         """
-        from ._safe_format import save_model
+        from .io import save_model
 
         return save_model(self, path, include_backbone=include_backbone)
 
@@ -731,7 +669,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             When a file is missing, not what it claims, or was changed after
             saving.
         """
-        from ._safe_format import load_model
+        from .io import load_model
 
         return load_model(cls, path)
 
@@ -760,8 +698,8 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         """
         check_is_fitted(self)
         self.model_.eval()
-        logits = self._map_features(
-            X, self.model_.frozen,
+        logits = map_features(
+            self._frozen_pass(self.model_.frozen), X,
             lambda features: self._run_suffix(features, self.model_.suffix),
         )
         return torch.softmax(logits.double(), dim=1).numpy()
@@ -799,7 +737,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         """
         check_is_fitted(self)
         self.model_.eval()
-        return self._map_features(
-            X, self.model_.frozen,
+        return map_features(
+            self._frozen_pass(self.model_.frozen), X,
             lambda features: self._run_suffix(features, self.model_.suffix.embed),
         ).numpy()

@@ -14,7 +14,7 @@ from ._images import ImageLoadError, load_rgb_image
 __all__ = [
     "ImageDataset",
     "check_image_paths",
-    "format_bad_images",
+    "collate_with_errors",
     "tensor_dataset",
     "with_sample_weight",
 ]
@@ -73,14 +73,6 @@ def check_image_paths(X, *, name="X"):
             f"{name} must be a str or pathlib.Path naming an image file."
         )
     return out
-
-
-def format_bad_images(errors, max_listed=20):
-    """One message listing bad files, ``errors`` being (path, reason) pairs."""
-    lines = [f"  {path}: {reason}" for path, reason in errors[:max_listed]]
-    if len(errors) > max_listed:
-        lines.append(f"  ... and {len(errors) - max_listed} more")
-    return "\n".join(lines)
 
 
 class ImageDataset(Dataset):

@@ -1,27 +1,17 @@
 """The public feature extractor: a frozen pretrained CNN as a transformer."""
 
 import numpy as np
-from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
-from torch import nn
 
-from ._base import TransferEstimatorBase, torch_seed
+from ._base import TransferEstimatorBase
+from ._compat import fit_context
 from ._data import check_image_paths
-from ._training import seeded
+from ._frozen import map_features
+from ._module import frozen_prefix
+from ._runtime import seeded, torch_seed
 
 __all__ = ["PretrainedFeatureExtractor"]
-
-
-def frozen_backbone(parts):
-    """Every block and the pooling neck, frozen: images to pooled embeddings.
-
-    The same layers, in the same order, as the frozen part of a classifier
-    with ``unfreeze=0``, so both produce (and cache) the same features.
-    """
-    module = nn.Sequential(*parts.blocks, parts.neck)
-    for param in module.parameters():
-        param.requires_grad_(False)
-    return module.eval()
 
 
 class PretrainedFeatureExtractor(
@@ -100,6 +90,7 @@ class PretrainedFeatureExtractor(
         for name, constraint in TransferEstimatorBase._parameter_constraints.items()
         if name != "inference_batch_size"
     }
+    _fitted_values = (*TransferEstimatorBase._fitted_values, "n_features_out_")
     _module_attributes = ("frozen_",)
 
     def __init__(
@@ -129,15 +120,11 @@ class PretrainedFeatureExtractor(
         self.random_state = random_state
         self.verbose = verbose
 
-    def _build_frozen(self, weights, *, restoring=False):
-        spec, parts = self._build_backbone(weights, restoring=restoring)
-        self.n_frozen_blocks_ = spec.n_blocks
-        self.n_features_out_ = parts.feature_dim
-        return frozen_backbone(parts)
-
-    def _rebuild_module(self, attr):
-        # Loading a pickle: the architecture only; the state dict follows.
-        return self._build_frozen(weights=None, restoring=True)
+    def _architecture(self, attr, parts):
+        # Every block and the pooling neck, frozen: the same layers as the
+        # frozen part of a classifier with unfreeze=0, so both produce (and
+        # cache) the same features.
+        return frozen_prefix(parts, len(parts.blocks))
 
     def _inference_batch_size(self):
         return self.batch_size
@@ -147,7 +134,7 @@ class PretrainedFeatureExtractor(
         # Read by ClassNamePrefixFeaturesOutMixin.get_feature_names_out.
         return self.n_features_out_
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Build the frozen backbone (loading its weights); no training.
 
@@ -169,8 +156,10 @@ class PretrainedFeatureExtractor(
         # Seeded exactly as the classifier builds its backbone, so a random
         # backbone is the same one (and shares cached features).
         with seeded(self.torch_seed_, self.device_):
-            frozen = self._build_frozen(self.weights)
-        self.frozen_ = self._place_module(frozen)
+            spec, parts = self._backbone_parts(self.weights)
+        self._record_backbone(spec, parts, n_frozen_blocks=spec.n_blocks)
+        self.n_features_out_ = parts.feature_dim
+        self.frozen_ = self._place_module(self._architecture("frozen_", parts))
         return self
 
     def transform(self, X):
@@ -186,7 +175,7 @@ class PretrainedFeatureExtractor(
         features : ndarray of shape (n_samples, n_features_out_), float32
         """
         check_is_fitted(self)
-        features = self._map_features(X, self.frozen_, lambda rows: rows)
+        features = map_features(self._frozen_pass(self.frozen_), X, lambda rows: rows)
         return np.ascontiguousarray(features.numpy(), dtype=np.float32)
 
     def __sklearn_tags__(self):

@@ -9,11 +9,22 @@ import math
 import os
 import stat
 import struct
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["ALLOWED_FORMATS", "ImageLoadError", "load_rgb_image"]
+from ._compat import pillow_openers
+from ._warnings import user_stacklevel
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "BadImagesError",
+    "ImageLoadError",
+    "format_bad_images",
+    "load_rgb_image",
+    "warn_skipped",
+]
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "MPO", "ICO")
 
@@ -28,6 +39,38 @@ class ImageLoadError(ValueError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+def format_bad_images(errors, max_listed=20):
+    """One message listing bad files, ``errors`` being (path, reason) pairs."""
+    lines = [f"  {path}: {reason}" for path, reason in errors[:max_listed]]
+    if len(errors) > max_listed:
+        lines.append(f"  ... and {len(errors) - max_listed} more")
+    return "\n".join(lines)
+
+
+class BadImagesError(ImageLoadError):
+    """Several image files cannot be used; ``errors`` lists (path, reason)."""
+
+    def __init__(self, errors, action):
+        self.errors = errors
+        message = (
+            f"{len(errors)} image file(s) cannot be used; {action}:\n"
+            f"{format_bad_images(errors)}"
+        )
+        ValueError.__init__(self, message)
+        self.path = errors[0][0]
+        self.reason = message
+
+
+def warn_skipped(errors, n_total):
+    """Warn that ``errors`` (path, reason) of ``n_total`` images were skipped."""
+    warnings.warn(
+        f"Skipped {len(errors)} of {n_total} images that cannot be used "
+        f"(on_bad_image='skip'):\n{format_bad_images(errors)}",
+        UserWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 def default_max_image_pixels():
@@ -56,13 +99,13 @@ def _identify(fp, path):
     This mirrors ``Image.open(fp, formats=ALLOWED_FORMATS)`` without its
     global pixel-limit check, which is applied by the caller instead.
     """
-    Image.init()
+    openers = pillow_openers()
     prefix = fp.read(16)
     for fmt in ALLOWED_FORMATS:
         # Some formats (MPO) have no opener of their own: JPEG's opens them.
-        if fmt not in Image.OPEN:
+        if fmt not in openers:
             continue
-        factory, accept = Image.OPEN[fmt]
+        factory, accept = openers[fmt]
         # As in Image.open: a str from ``accept`` is a refusal with a reason.
         verdict = True if accept is None else accept(prefix)
         if not verdict or isinstance(verdict, str):

@@ -8,9 +8,16 @@ is then trained on those features.
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["TrainableSuffix", "TransferModule", "build_head", "build_transfer_module"]
+from ._compat import BatchNormBase
+
+__all__ = [
+    "TrainableSuffix",
+    "TransferModule",
+    "build_head",
+    "build_transfer_module",
+    "frozen_prefix",
+]
 
 
 def build_head(in_features, n_classes, hidden_layer_sizes=(), dropout=0.0):
@@ -52,9 +59,20 @@ class TrainableSuffix(nn.Module):
         super().train(mode)
         if self.freeze_bn_stats:
             for module in self.trainable.modules():
-                if isinstance(module, _BatchNorm):
+                if isinstance(module, BatchNormBase):
                     module.eval()
         return self
+
+    def lr_scales(self, backbone_lr_ratio):
+        """Learning-rate multiplier of each parameter, keyed by ``id``.
+
+        The head trains at the full rate, unfrozen backbone blocks at
+        ``backbone_lr_ratio`` of it. The optimizer's groups are built from
+        these objects, so no parameter name is relied on.
+        """
+        scales = {id(p): 1.0 for p in self.head.parameters()}
+        scales.update({id(p): backbone_lr_ratio for p in self.trainable.parameters()})
+        return scales
 
     def embed(self, features):
         """Penultimate representation: the input of the head's last layer."""
@@ -95,6 +113,23 @@ class TransferModule(nn.Module):
         return self.suffix(features)
 
 
+def frozen_prefix(parts, n_frozen):
+    """The first ``n_frozen`` blocks, frozen; the neck too when all are frozen.
+
+    Every estimator builds its frozen part here, so a feature extractor and a
+    classifier with ``unfreeze=0`` run (and cache) the very same layers.
+    """
+    layers = list(parts.blocks[:n_frozen])
+    # With every block frozen the neck is frozen too, so the cached features
+    # are the small pooled embedding rather than the last feature map.
+    if n_frozen == len(parts.blocks):
+        layers.append(parts.neck)
+    module = nn.Sequential(*layers)
+    for param in module.parameters():
+        param.requires_grad_(False)
+    return module.eval()
+
+
 def build_transfer_module(
     parts, n_unfrozen, n_classes, *, hidden_layer_sizes=(), dropout=0.0,
     freeze_bn_stats=True,
@@ -111,14 +146,9 @@ def build_transfer_module(
         Output width of the head.
     """
     n_frozen = len(parts.blocks) - n_unfrozen
-    frozen_layers = list(parts.blocks[:n_frozen])
     trainable_layers = list(parts.blocks[n_frozen:])
-    # With every block frozen the neck is frozen too, so the cached features
-    # are the small pooled embedding rather than the last feature map.
-    if n_unfrozen == 0:
-        frozen_layers.append(parts.neck)
-    else:
+    if n_unfrozen > 0:
         trainable_layers.append(parts.neck)
     head = build_head(parts.feature_dim, n_classes, hidden_layer_sizes, dropout)
     suffix = TrainableSuffix(nn.Sequential(*trainable_layers), head, freeze_bn_stats)
-    return TransferModule(nn.Sequential(*frozen_layers), suffix)
+    return TransferModule(frozen_prefix(parts, n_frozen), suffix)

@@ -1,32 +1,47 @@
-"""skorch glue: the net subclass, a NaN guard, and an interruptible fit loop."""
+"""Everything that speaks skorch: the net, its callbacks and the fit loop.
 
-import contextlib
+The estimators describe a training run as a :class:`TrainingPlan` (plain
+values and the module); this module turns it into a skorch net, trains it,
+and retries with a smaller batch when the device runs out of memory. Nothing
+here calls back into an estimator.
+"""
+
 import copy
-import multiprocessing
-import os
+import dataclasses
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
+import numpy as np
 import torch
 from skorch import NeuralNetClassifier
-from skorch.callbacks import Callback
-from skorch.dataset import unpack_data
+from skorch.callbacks import Callback, EarlyStopping
+from skorch.helper import predefined_split
 from skorch.history import History
-from skorch.utils import TeeGenerator, to_tensor
+from skorch.utils import to_tensor
+from torch import nn
 
-from ._features import autocast_context
+from ._compat import TeeGenerator, unpack_data
+from ._runtime import autocast_context
 from ._warnings import user_stacklevel
 
 __all__ = [
     "NonFiniteLossError",
+    "OPTIMIZERS",
     "StopOnNonFiniteLoss",
+    "TrainingPlan",
     "TransferNet",
+    "build_net",
     "fit_with_oom_backoff",
-    "limit_threads_in_worker",
     "optimizer_snapshot",
     "run_fit",
-    "seeded",
 ]
+
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -65,6 +80,10 @@ class TransferNet(NeuralNetClassifier):
     ``{"X": inputs, "sample_weight": weights}``; the criterion must then be
     built with ``reduction="none"`` and the loss is the weighted mean.
 
+    ``lr_scales`` maps ``id(parameter)`` to a multiplier of the learning
+    rate (see ``TrainableSuffix.lr_scales``); parameters with one scale form
+    one optimizer group.
+
     With ``initial_history`` (the history of earlier fits), training
     continues it, numbering epochs on, instead of starting a new one. With
     ``initial_optimizer_state`` (an :func:`optimizer_snapshot` of an earlier
@@ -74,11 +93,18 @@ class TransferNet(NeuralNetClassifier):
     """
 
     def __init__(self, *args, autocast_dtype=None, initial_history=None,
-                 initial_optimizer_state=None, **kwargs):
+                 initial_optimizer_state=None, lr_scales=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.autocast_dtype = autocast_dtype
         self.initial_history = initial_history
         self.initial_optimizer_state = initial_optimizer_state
+        self.lr_scales = lr_scales
+
+    def get_params_for_optimizer(self, prefix, named_parameters):
+        args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
+        if prefix != "optimizer" or not self.lr_scales:
+            return args, kwargs
+        return (_scaled_groups(args[0], self.lr_scales, kwargs["lr"]),), kwargs
 
     def initialize(self):
         super().initialize()
@@ -147,6 +173,22 @@ class TransferNet(NeuralNetClassifier):
         return loss
 
 
+def _scaled_groups(groups, scales, base_lr):
+    """Split optimizer groups so that each holds parameters of one lr scale."""
+    out = []
+    for group in groups:
+        settings = {k: v for k, v in group.items() if k != "params"}
+        by_scale = {}
+        for param in group["params"]:
+            by_scale.setdefault(scales.get(id(param), 1.0), []).append(param)
+        for scale, params in by_scale.items():
+            scaled = dict(settings, params=params)
+            if scale != 1.0:
+                scaled["lr"] = settings.get("lr", base_lr) * scale
+            out.append(scaled)
+    return out
+
+
 def optimizer_snapshot(optimizer):
     """The optimizer's class and a copy of its state, to resume it later."""
     return type(optimizer), copy.deepcopy(optimizer.state_dict())
@@ -190,21 +232,118 @@ def run_fit(net, X, y=None):
     return interrupted
 
 
-@contextlib.contextmanager
-def seeded(seed, device):
-    """Seed torch inside the block without touching the caller's RNG state."""
-    if seed is None:
-        yield
-        return
-    device = torch.device(device)
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+@dataclasses.dataclass(frozen=True)
+class TrainingPlan:
+    """One training run, as the estimator asks for it.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        What trains: the whole network, or its suffix on cached features.
+    n_classes : int
+        Width of the head.
+    lr : float
+        Learning rate of the head.
+    lr_scales : dict
+        ``id(parameter)`` to learning-rate multiplier.
+    optimizer : type
+        A torch optimizer class.
+    max_epochs : int
+    batch_size : int
+    device : str
+    valid : torch Dataset or None
+        Held-out data for the validation loss and early stopping.
+    n_iter_no_change : int or None
+        Early-stopping patience on the validation loss; None trains every
+        epoch.
+    loss_weights : torch.Tensor or None
+        Per-class weights of the loss.
+    weighted : bool
+        Inputs carry sample weights (the loss is then their weighted mean).
+    num_workers : int
+        Loader processes for training batches.
+    autocast_dtype : torch.dtype or None
+        Mixed precision of forward passes (CUDA).
+    compile : bool
+        ``torch.compile`` the module.
+    history : skorch.History or None
+        History of earlier fits, continued by this one.
+    optimizer_state : tuple or None
+        An :func:`optimizer_snapshot` to resume.
+    net_params : dict
+        Extra skorch arguments from the user; their callbacks are added to
+        ours.
+    verbose : int
+    """
+
+    module: nn.Module
+    n_classes: int
+    lr: float
+    lr_scales: dict
+    optimizer: type
+    max_epochs: int
+    batch_size: int
+    device: str
+    valid: Any = None
+    n_iter_no_change: Any = None
+    loss_weights: Any = None
+    weighted: bool = False
+    num_workers: int = 0
+    autocast_dtype: Any = None
+    compile: bool = False
+    history: Any = None
+    optimizer_state: Any = None
+    net_params: dict = dataclasses.field(default_factory=dict)
+    verbose: int = 0
 
 
-def fit_with_oom_backoff(make_net, module, X, y, *, batch_size, seed):
-    """Train ``make_net(batch_size)``, halving the batch on out-of-memory.
+def build_net(plan):
+    """The skorch net that carries out ``plan``."""
+    callbacks = [("nonfinite_loss", StopOnNonFiniteLoss())]
+    if plan.n_iter_no_change is not None:
+        callbacks.append((
+            "early_stopping",
+            EarlyStopping(patience=plan.n_iter_no_change, load_best=True),
+        ))
+    kwargs = {}
+    if plan.optimizer is torch.optim.SGD:
+        kwargs["optimizer__momentum"] = 0.9
+    if plan.num_workers:
+        kwargs.update(
+            iterator_train__num_workers=plan.num_workers,
+            iterator_train__persistent_workers=True,
+            iterator_valid__num_workers=plan.num_workers,
+        )
+    if plan.weighted:  # TransferNet takes the weighted mean itself
+        kwargs["criterion__reduction"] = "none"
+    kwargs.update(
+        module=plan.module,
+        criterion=nn.CrossEntropyLoss,
+        criterion__weight=plan.loss_weights,
+        optimizer=plan.optimizer,
+        lr=plan.lr,
+        lr_scales=plan.lr_scales,
+        max_epochs=plan.max_epochs,
+        batch_size=plan.batch_size,
+        initial_history=plan.history,
+        initial_optimizer_state=plan.optimizer_state,
+        train_split=None if plan.valid is None else predefined_split(plan.valid),
+        iterator_train__shuffle=True,
+        classes=np.arange(plan.n_classes),
+        device=plan.device,
+        verbose=plan.verbose,
+        autocast_dtype=plan.autocast_dtype,
+        compile=plan.compile,
+    )
+    user = dict(plan.net_params)
+    # User callbacks are added to ours rather than replacing the guards.
+    callbacks += list(user.pop("callbacks", None) or [])
+    kwargs.update(user)
+    return TransferNet(callbacks=callbacks, **kwargs)
+
+
+def fit_with_oom_backoff(plan, train, *, seed):
+    """Train the net of ``plan`` on ``train``, halving the batch on out-of-memory.
 
     The module's weights are restored and torch re-seeded before each retry,
     so a fit that ran out of memory at 32 and trained at 16 gives the same
@@ -219,59 +358,27 @@ def fit_with_oom_backoff(make_net, module, X, y, *, batch_size, seed):
     batch_size : int
         The batch size that fitted in memory.
     """
+    module = plan.module
     start = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-    requested = batch_size
     while True:
-        net = make_net(batch_size)
+        net = build_net(plan)
         try:
-            return net, run_fit(net, X, y), batch_size
+            return net, run_fit(net, train, None), plan.batch_size
         except torch.OutOfMemoryError:
-            if batch_size == 1:
+            if plan.batch_size == 1:
                 raise
         del net  # drop the optimizer state and activations before retrying
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        batch_size = max(1, batch_size // 2)
+        smaller = max(1, plan.batch_size // 2)
         warnings.warn(
             f"Out of device memory while training with batch_size="
-            f"{requested}; retrying with batch_size={batch_size}. Pass a smaller "
-            "batch_size to skip this search.",
+            f"{plan.batch_size}; retrying with batch_size={smaller}. Pass a "
+            "smaller batch_size to skip this search.",
             ResourceWarning,
             stacklevel=user_stacklevel(),
         )
+        plan = dataclasses.replace(plan, batch_size=smaller)
         module.load_state_dict(start)
         if seed is not None:
             torch.manual_seed(seed)
-
-
-def _worker_thread_limit():
-    """Threads this process may use when it is a parallel worker, else None.
-
-    joblib's process backends (loky, multiprocessing) start workers with
-    ``OMP_NUM_THREADS`` set to ``cpu_count // n_jobs``; torch may still have
-    been given more threads (imported earlier, or set by other code), and
-    n_jobs workers each using every core would oversubscribe the CPU.
-    """
-    if multiprocessing.parent_process() is None:
-        return None
-    try:
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    except (KeyError, ValueError):
-        return None
-
-
-def limit_threads_in_worker():
-    """Cap torch's intra-op threads when this process is a joblib worker.
-
-    The cap stays for the worker's life: the process belongs to the parallel
-    job, and every later task there shares the CPU the same way.
-
-    Returns
-    -------
-    n_threads : int or None
-        The cap applied, or None outside a worker.
-    """
-    limit = _worker_thread_limit()
-    if limit is not None and torch.get_num_threads() > limit:
-        torch.set_num_threads(limit)
-    return limit

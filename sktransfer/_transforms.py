@@ -7,7 +7,7 @@ from torchvision.transforms import v2
 
 __all__ = ["Preprocessing", "eval_transform", "train_transform"]
 
-_INTERPOLATIONS = {
+INTERPOLATIONS = {
     "bilinear": v2.InterpolationMode.BILINEAR,
     "bicubic": v2.InterpolationMode.BICUBIC,
     "nearest": v2.InterpolationMode.NEAREST,
@@ -64,7 +64,7 @@ def _tensor_steps(prep):
 
 def eval_transform(prep):
     """Deterministic transform: resize, centre crop, to normalised tensor."""
-    interpolation = _INTERPOLATIONS[prep.interpolation]
+    interpolation = INTERPOLATIONS[prep.interpolation]
     return v2.Compose(
         [
             v2.Resize(prep.resize_size, interpolation=interpolation, antialias=True),
@@ -76,7 +76,7 @@ def eval_transform(prep):
 
 def train_transform(prep):
     """Augmenting transform: random resized crop and horizontal flip."""
-    interpolation = _INTERPOLATIONS[prep.interpolation]
+    interpolation = INTERPOLATIONS[prep.interpolation]
     return v2.Compose(
         [
             v2.RandomResizedCrop(

@@ -3,11 +3,11 @@
 import inspect
 import os
 
-import sklearn
+from ._compat import sklearn_fit_wrapper_file
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # sklearn's ``_fit_context`` wraps fit and partial_fit in a frame of its own.
-_SKLEARN_BASE = os.path.join(os.path.dirname(sklearn.__file__), "base.py")
+_SKLEARN_BASE = sklearn_fit_wrapper_file()
 
 
 def user_stacklevel():

@@ -7,8 +7,8 @@ from PIL import Image
 from torch import nn
 
 from sktransfer import BackboneSpec, clear_feature_cache, register_backbone
-from sktransfer._backbones import BackboneParts
 from sktransfer._transforms import Preprocessing
+from sktransfer.backbones import BackboneParts
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
 

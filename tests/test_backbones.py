@@ -5,7 +5,7 @@ from torchvision.models import get_model
 
 from sktransfer import get_backbone, list_backbones, register_backbone
 from sktransfer._module import build_transfer_module
-from sktransfer._torchvision_backbones import _FAMILIES
+from sktransfer.backbones._torchvision import _FAMILIES
 
 TORCHVISION = [name for name in list_backbones() if get_backbone(name).source ==
                "torchvision"]

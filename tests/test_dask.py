@@ -8,21 +8,21 @@ import pytest
 import torch
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-from sktransfer import PretrainedCNNClassifier, _base
+from sktransfer import PretrainedCNNClassifier, _runtime
 
 
 def test_auto_device_spreads_dask_workers_over_gpus(monkeypatch):
     # No GPU here: fake four visible devices and check the documented choice.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    monkeypatch.setattr(_base, "_dask_worker_rank", lambda: 5)
-    assert _base.resolve_device("auto") == "cuda:1"
-    assert _base.resolve_device("cuda:3") == "cuda:3"
-    monkeypatch.setattr(_base, "_dask_worker_rank", lambda: None)
-    assert _base.resolve_device("auto") == "cuda"  # not in a worker
+    monkeypatch.setattr(_runtime, "_dask_worker_rank", lambda: 5)
+    assert _runtime.resolve_device("auto") == "cuda:1"
+    assert _runtime.resolve_device("cuda:3") == "cuda:3"
+    monkeypatch.setattr(_runtime, "_dask_worker_rank", lambda: None)
+    assert _runtime.resolve_device("auto") == "cuda"  # not in a worker
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(_base, "_dask_worker_rank", lambda: 5)
-    assert _base.resolve_device("auto") == "cuda"  # CUDA_VISIBLE_DEVICES=one GPU
+    monkeypatch.setattr(_runtime, "_dask_worker_rank", lambda: 5)
+    assert _runtime.resolve_device("auto") == "cuda"  # CUDA_VISIBLE_DEVICES=one GPU
 
 
 @pytest.mark.slow
@@ -54,7 +54,7 @@ def test_grid_search_on_dask_matches_local(colour_images, tmp_path):
             # Inside a task, each worker knows its rank (what device="auto"
             # uses to pick a GPU).
             ranks = [
-                client.submit(_base._dask_worker_rank, workers=[address],
+                client.submit(_runtime._dask_worker_rank, workers=[address],
                               pure=False).result()
                 for address in client.scheduler_info()["workers"]
             ]

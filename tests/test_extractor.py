@@ -10,6 +10,7 @@ from sklearn.pipeline import Pipeline
 
 from sktransfer import PretrainedCNNClassifier, PretrainedFeatureExtractor
 from sktransfer._cache import memory_store
+from sktransfer._frozen import map_features
 
 
 @pytest.fixture
@@ -60,7 +61,9 @@ def test_embeddings_equal_classifier_frozen_features(colour_images, tiny_params,
     clf = PretrainedCNNClassifier(**tiny_params, unfreeze=0, cache=False)
     clf.fit(paths, labels)
     with torch.inference_mode():
-        frozen = clf._map_features(paths, clf.model_.frozen, lambda rows: rows)
+        frozen = map_features(
+            clf._frozen_pass(clf.model_.frozen), paths, lambda rows: rows
+        )
     expected = frozen.numpy()
     ext = PretrainedFeatureExtractor(**extractor_params, cache=False).fit(paths)
     np.testing.assert_allclose(ext.transform(paths), expected, rtol=1e-5, atol=1e-6)

@@ -11,7 +11,7 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from skorch.callbacks import Callback
 
-from sktransfer import NonFiniteLossError, PretrainedCNNClassifier, _training
+from sktransfer import NonFiniteLossError, PretrainedCNNClassifier, _runtime
 
 FIT_LOG = []  # fits started in this process, shared by callback copies
 
@@ -166,7 +166,7 @@ def test_same_random_state_same_model(colour_images, tiny_params, extra):
 def test_thread_cap_in_a_worker(monkeypatch, colour_images, tiny_params):
     X, y = colour_images
     before = torch.get_num_threads()
-    assert _training.limit_threads_in_worker() is None  # the main process
+    assert _runtime.limit_threads_in_worker() is None  # the main process
     monkeypatch.setattr(multiprocessing, "parent_process", lambda: object())
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(2)

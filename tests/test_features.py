@@ -8,7 +8,7 @@ from PIL import Image
 
 from sktransfer import PretrainedCNNClassifier
 from sktransfer._cache import DiskFeatureStore, MemoryFeatureStore, image_fingerprint
-from sktransfer._features import FeatureCacheTooLarge, extract_features
+from sktransfer._frozen import FeatureCacheTooLarge, FrozenPass, extract_features
 from sktransfer._images import load_rgb_image
 from sktransfer._transforms import Preprocessing, eval_transform
 
@@ -29,12 +29,14 @@ class CountingConv(torch.nn.Module):
         return self.conv(x)
 
 
-def _extract(frozen, paths, **kwargs):
-    kwargs.setdefault("model_key", "key")
-    return extract_features(
-        frozen, paths, transform=eval_transform(PREP), batch_size=4,
-        num_workers=0, **kwargs,
+def _extract(frozen, paths, *, model_key="key", stores=(), device="cpu",
+             dtype=None, max_image_pixels=None, **kwargs):
+    frozen_pass = FrozenPass(
+        module=frozen, preprocessing=PREP, device=device, dtype=dtype,
+        batch_size=4, num_workers=0, max_image_pixels=max_image_pixels,
+        cache_key=model_key, stores=tuple(stores),
     )
+    return extract_features(frozen_pass, paths, **kwargs)
 
 
 def test_partial_hits_fill_the_right_rows(colour_images, tmp_path):

@@ -13,7 +13,7 @@ from conftest import make_colour_images
 from PIL import Image, ImageFile
 from skorch.callbacks import Callback
 
-import sktransfer._base as base_module
+import sktransfer._frozen as frozen_module
 from sktransfer import BadImagesError, ImageLoadError, PretrainedCNNClassifier
 from sktransfer._images import load_rgb_image
 from sktransfer._transforms import Preprocessing, eval_transform
@@ -343,7 +343,7 @@ def test_predict_in_chunks(with_bad_files, tiny_params, monkeypatch):
     clf = PretrainedCNNClassifier(**tiny_params, unfreeze=1, cache=False)
     clf.fit(good, y[:12])
     whole = clf.predict_proba(good)
-    monkeypatch.setattr(base_module, "_PREDICT_CHUNK", 5)
+    monkeypatch.setattr(frozen_module, "PREDICT_CHUNK", 5)
     np.testing.assert_allclose(clf.predict_proba(good), whole, rtol=1e-6)
     assert clf.transform(good).shape[0] == 12
     # Bad files in two different chunks are all listed, in input order.

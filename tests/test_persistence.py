@@ -20,11 +20,11 @@ from sktransfer import (
     InconsistentVersionWarning,
     ModelFileError,
     PretrainedCNNClassifier,
-    _persistence,
     register_backbone,
 )
-from sktransfer._backbones import BackboneParts
-from sktransfer._weights import file_sha256, load_state_dict_file
+from sktransfer.backbones import BackboneParts
+from sktransfer.backbones._weights import file_sha256, load_state_dict_file
+from sktransfer.io import _pickle
 
 
 def _build_from_file(weights):
@@ -118,8 +118,8 @@ def test_no_device_tensor_hides_in_the_pickle_state(fitted):
 
 def test_changed_versions_warn(fitted, monkeypatch):
     clf, X = fitted
-    real = _persistence.library_versions()
-    monkeypatch.setattr(_persistence, "library_versions",
+    real = _pickle.library_versions()
+    monkeypatch.setattr(_pickle, "library_versions",
                         lambda: {**real, "torch": "1.0.0"})
     data = pickle.dumps(clf)
     monkeypatch.undo()

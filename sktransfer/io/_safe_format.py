@@ -22,9 +22,10 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from skorch.history import History
 
-from ._persistence import library_versions, warn_on_version_change
-from ._transforms import Preprocessing
-from ._weights import file_sha256
+from .._runtime import seeded
+from .._transforms import Preprocessing
+from ..backbones._weights import file_sha256
+from ._pickle import library_versions, warn_on_version_change
 
 __all__ = ["ModelFileError", "load_model", "save_model", "tensors_sha256"]
 
@@ -33,11 +34,15 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 
-# Fitted attributes that are plain JSON values and are stored as they are.
-_FITTED_SCALARS = (
-    "n_classes_", "n_frozen_blocks_", "backbone_n_blocks_", "weights_id_",
-    "torch_seed_", "n_train_images_", "interrupted_", "batch_size_", "device_",
-)
+# Fitted values with a JSON form of their own, each in a manifest entry of
+# its own; every other fitted value is a plain JSON value under "fitted".
+# Which attributes exist is the estimator's business (``_fitted_values``).
+_ENCODED = {
+    "classes_": "classes",
+    "skipped_images_": "skipped_images",
+    "history_": "history",
+    "preprocessing_": "preprocessing",
+}
 
 
 class ModelFileError(ValueError):
@@ -118,6 +123,30 @@ def _canonical_sha256(manifest):
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _encode(name, value):
+    if name == "classes_":
+        return _classes_for_json(value)
+    if name == "skipped_images_":
+        return [list(pair) for pair in value]
+    if name == "history_":
+        return _history_for_json(value)
+    if name == "preprocessing_":
+        return _json_value(value.to_dict())
+    return _json_value(value)
+
+
+def _decode(name, value):
+    if name == "classes_":
+        return np.array(value["values"], dtype=np.dtype(value["dtype"]))
+    if name == "skipped_images_":
+        return [tuple(pair) for pair in value]
+    if name == "history_":
+        return None if value is None else History(value)
+    if name == "preprocessing_":
+        return Preprocessing(**_restore_tuples(value))
+    return value
+
+
 def save_model(est, path, *, include_backbone=True):
     """Write a fitted classifier to directory ``path`` (see module doc)."""
     from safetensors.torch import save_file
@@ -135,7 +164,10 @@ def save_model(est, path, *, include_backbone=True):
             "one has random weights (weights=None) and no int random_state. "
             "Save with include_backbone=True."
         )
-    state = est.model_.state_dict()
+    values, modules = est._fitted_state()
+    # Private state (e.g. the optimizer's, for warm_start) stays in pickles.
+    values = {k: v for k, v in values.items() if not k.startswith("_")}
+    state = modules["model_"]
     frozen = {k.removeprefix("frozen."): v for k, v in state.items()
               if k.startswith("frozen.")}
     if include_backbone:
@@ -152,12 +184,10 @@ def save_model(est, path, *, include_backbone=True):
         # JSON has no tuples; these come back as tuples so get_params() agrees.
         "tuple_params": sorted(n for n, v in est.get_params(deep=False).items()
                                if isinstance(v, tuple) and n in params),
-        "classes": _classes_for_json(est.classes_),
-        "fitted": {name: _json_value(getattr(est, name, None))
-                   for name in _FITTED_SCALARS},
-        "skipped_images": [list(pair) for pair in est.skipped_images_],
-        "history": _history_for_json(getattr(est, "history_", None)),
-        "preprocessing": _json_value(est.preprocessing_.to_dict()),
+        "fitted": {name: _encode(name, value) for name, value in values.items()
+                   if name not in _ENCODED},
+        **{entry: _encode(name, values.get(name)) for name, entry in _ENCODED.items()
+           if name in values},
         "backbone": {
             "name": est.backbone,
             "weights_id": est.weights_id_,
@@ -168,7 +198,7 @@ def save_model(est, path, *, include_backbone=True):
     }
     path.mkdir(parents=True, exist_ok=True)
     weights_path = path / WEIGHTS_FILE
-    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    cpu = {k: v.contiguous() for k, v in tensors.items()}
     # The weights file carries the manifest's checksum and the manifest the
     # weights file's, so neither can be edited or swapped alone.
     save_file(cpu, str(weights_path),
@@ -240,8 +270,6 @@ def _read_tensors(path, manifest):
 
 def load_model(cls, path):
     """Rebuild a classifier saved by :func:`save_model`; unpickles nothing."""
-    from ._training import seeded
-
     path = Path(path)
     manifest = _read_manifest(path)
     if manifest["estimator"] != cls.__name__:
@@ -254,39 +282,30 @@ def load_model(cls, path):
     for name in manifest.get("tuple_params", []):
         params[name] = tuple(params[name])
     est = cls(**params)
-    for name, value in manifest["fitted"].items():
-        setattr(est, name, value)
-    classes = manifest["classes"]
-    est.classes_ = np.array(classes["values"], dtype=np.dtype(classes["dtype"]))
-    est.skipped_images_ = [tuple(pair) for pair in manifest["skipped_images"]]
-    if manifest.get("history") is not None:
-        est.history_ = History(manifest["history"])
-    est._restore_device()
-    est._setup_precision()
+    values = dict(manifest["fitted"])
+    values.update({name: _decode(name, manifest[entry])
+                   for name, entry in _ENCODED.items() if entry in manifest})
     backbone = manifest["backbone"]
     if backbone["included"]:
-        module = est._rebuild_module("model_")
-        module.load_state_dict(tensors)
-    else:
-        # Built as fit built it: a random backbone needs the same seed.
-        with seeded(est.torch_seed_, "cpu"):
-            module = est._assemble_module(est.weights)
-        frozen = module.frozen.state_dict()
-        if (est.weights_id_ != backbone["weights_id"]
-                or tensors_sha256(frozen) != backbone["frozen_sha256"]):
-            raise ModelFileError(
-                f"The backbone rebuilt from weights={est.weights!r} does not "
-                f"match the one this model was trained on ({backbone['name']!r}, "
-                f"weights {backbone['weights_id']}): the weights changed. Provide "
-                "the original weights, or save the model with "
-                "include_backbone=True."
-            )
-        module.load_state_dict({**{f"frozen.{k}": v for k, v in frozen.items()},
-                                **tensors})
-    # Rebuilding reset these from the architecture; the saved ones are right.
-    est.preprocessing_ = Preprocessing(**_restore_tuples(manifest["preprocessing"]))
-    est.weights_id_ = manifest["fitted"]["weights_id_"]
-    est.model_ = est._place_module(module).eval()
+        est._restore_fitted_state(values, {"model_": tensors})
+        return est
+    # Built as fit built it: a random backbone needs the same seed.
+    with seeded(values.get("torch_seed_"), "cpu"):
+        _, parts = est._backbone_parts(est.weights)
+    rebuilt_id = parts.weights_id
+    incompatible = est._restore_fitted_state(values, {"model_": tensors}, parts=parts)
+    missing, unexpected = incompatible["model_"]
+    frozen = est.model_.frozen.state_dict()
+    if (rebuilt_id != backbone["weights_id"] or unexpected
+            or any(not k.startswith("frozen.") for k in missing)
+            or tensors_sha256(frozen) != backbone["frozen_sha256"]):
+        raise ModelFileError(
+            f"The backbone rebuilt from weights={est.weights!r} does not "
+            f"match the one this model was trained on ({backbone['name']!r}, "
+            f"weights {backbone['weights_id']}): the weights changed. Provide "
+            "the original weights, or save the model with "
+            "include_backbone=True."
+        )
     return est
 
 

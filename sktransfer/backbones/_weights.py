@@ -15,6 +15,7 @@ import torch
 __all__ = [
     "file_sha256",
     "is_weights_path",
+    "load_backbone_state",
     "load_state_dict_file",
     "weights_file_digest",
     "weights_file_id",
@@ -96,6 +97,55 @@ def load_state_dict_file(path):
             "state dict (a mapping of parameter names to tensors)."
         )
     return state
+
+
+def load_backbone_state(model, path, classifier_prefixes):
+    """Load the state dict in ``path`` into ``model``, ignoring any classifier.
+
+    Users often fine-tune a model on their own classes and save it whole; the
+    backbone weights are what matters here, since the estimator replaces the
+    classifier with its own head. Keys under ``classifier_prefixes`` are
+    therefore dropped from the file, and those the model has keep their
+    current values. Every other key must match in name and shape.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The architecture, built with random weights.
+    path : str or path-like
+        A ``.pth``/``.pt``/``.safetensors`` state-dict file.
+    classifier_prefixes : tuple of str
+        Module names of the classifier, e.g. ``("fc",)`` or ``("head.fc",)``.
+
+    Raises
+    ------
+    ValueError
+        When the file does not fit the architecture, naming some keys.
+    """
+    def is_classifier(key):
+        return any(key.startswith(f"{p}.") for p in classifier_prefixes)
+
+    state = {
+        k: v for k, v in load_state_dict_file(path).items() if not is_classifier(k)
+    }
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not is_classifier(k)]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"Weights file {str(path)!r} does not match the architecture: "
+            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}, "
+            f"shape mismatches {mismatched[:5]}. Check that the file was saved "
+            "from the same backbone."
+        )
+    model.load_state_dict({**{k: v for k, v in own.items() if is_classifier(k)},
+                           **state})
+    return model
 
 
 def load_torchvision_weights(model, weights_enum, model_name):

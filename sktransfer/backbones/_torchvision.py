@@ -5,11 +5,11 @@ import itertools
 from torch import nn
 from torchvision.models import get_model, get_model_weights
 
-from ._backbones import BackboneParts, BackboneSpec, register_backbone
-from ._transforms import Preprocessing
+from .._transforms import Preprocessing
+from ._registry import BackboneParts, BackboneSpec, register_backbone
 from ._weights import (
     is_weights_path,
-    load_state_dict_file,
+    load_backbone_state,
     load_torchvision_weights,
     weights_file_id,
 )
@@ -86,7 +86,7 @@ def _densenet_parts(m):
     return blocks, neck, m.classifier.in_features
 
 
-def _make_torchvision_builder(name, split):
+def _make_torchvision_builder(name, split, classifier):
     def build(weights):
         enum_cls = get_model_weights(name)
         model = get_model(name, weights=None)
@@ -94,7 +94,7 @@ def _make_torchvision_builder(name, split):
             # Random init; preprocessing still follows the default weights.
             prep_source, weights_id = enum_cls.DEFAULT, "random"
         elif is_weights_path(weights):
-            model.load_state_dict(_load_backbone_state(model, weights))
+            load_backbone_state(model, weights, (classifier,))
             prep_source = enum_cls.DEFAULT
             weights_id = weights_file_id(weights)
         else:
@@ -122,46 +122,18 @@ def _weights_member(enum_cls, weights, model_name):
     return enum_cls[member]
 
 
-def _load_backbone_state(model, path):
-    """Load a state dict from ``path``; a classifier of another width is dropped.
-
-    Users often fine-tune a model on their own classes and save it whole; the
-    backbone weights are what matters here, the classifier is replaced anyway.
-    """
-    state = load_state_dict_file(path)
-    own = model.state_dict()
-    mismatched = [
-        k for k, v in state.items() if k in own and own[k].shape != v.shape
-    ]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    bad = unexpected + [
-        k for k in missing + mismatched if not _is_classifier_key(k)
-    ]
-    if bad:
-        raise ValueError(
-            f"Weights file {str(path)!r} does not match the architecture: "
-            f"{len(bad)} mismatching keys, e.g. {bad[:5]}. Check that the file "
-            "was saved from the same backbone."
-        )
-    for k in mismatched + missing:
-        state[k] = own[k]
-    return state
-
-
-def _is_classifier_key(key):
-    return key.split(".")[0] in ("fc", "classifier", "head")
-
-
+# family: (how to cut it, the top-level name of its classifier, models)
 _FAMILIES = {
-    "resnet": (_resnet_parts, ["resnet18", "resnet34", "resnet50", "resnet101"]),
-    "vgg": (_vgg_parts, ["vgg11", "vgg11_bn", "vgg16", "vgg16_bn"]),
+    "resnet": (_resnet_parts, "fc", ["resnet18", "resnet34", "resnet50", "resnet101"]),
+    "vgg": (_vgg_parts, "classifier", ["vgg11", "vgg11_bn", "vgg16", "vgg16_bn"]),
     "mobilenet": (
         _mobilenet_parts,
+        "classifier",
         ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"],
     ),
     "efficientnet": (
         _efficientnet_parts,
+        "classifier",
         [
             "efficientnet_b0",
             "efficientnet_b1",
@@ -170,32 +142,18 @@ _FAMILIES = {
             "efficientnet_v2_s",
         ],
     ),
-    "convnext": (_convnext_parts, ["convnext_tiny", "convnext_small"]),
-    "regnet": (_regnet_parts, ["regnet_y_400mf", "regnet_y_800mf"]),
-    "densenet": (_densenet_parts, ["densenet121"]),
+    "convnext": (_convnext_parts, "classifier", ["convnext_tiny", "convnext_small"]),
+    "regnet": (_regnet_parts, "fc", ["regnet_y_400mf", "regnet_y_800mf"]),
+    "densenet": (_densenet_parts, "classifier", ["densenet121"]),
 }
 
-# Block counts, fixed by each architecture; tests check them against the build.
-_N_BLOCKS = {
-    "resnet": 5,
-    "vgg": 5,
-    "mobilenet_v2": 8,
-    "mobilenet_v3_small": 6,
-    "mobilenet_v3_large": 7,
-    "efficientnet_v2_s": 7,
-    "efficientnet": 8,
-    "convnext": 5,
-    "regnet": 5,
-    "densenet": 5,
-}
-
-for _family, (_split, _names) in _FAMILIES.items():
+# Block counts are not listed: the registry counts them from the cut itself.
+for _family, (_split, _classifier, _names) in _FAMILIES.items():
     for _name in _names:
         register_backbone(
             BackboneSpec(
                 name=_name,
                 family=_family,
-                build=_make_torchvision_builder(_name, _split),
-                n_blocks=_N_BLOCKS.get(_name, _N_BLOCKS.get(_family)),
+                build=_make_torchvision_builder(_name, _split, _classifier),
             )
         )
