@@ -6,7 +6,11 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import ClassifierMixin
+from sklearn.base import (
+    ClassifierMixin,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+)
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import TransferEstimatorBase
@@ -29,6 +33,7 @@ from ._labels import (
 )
 from ._module import build_transfer_module
 from ._runtime import (
+    autocast_context,
     cudnn_autotuning,
     default_num_workers,
     limit_threads_in_worker,
@@ -48,7 +53,12 @@ from ._warnings import user_stacklevel
 __all__ = ["PretrainedCNNClassifier"]
 
 
-class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
+class PretrainedCNNClassifier(
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    ClassifierMixin,
+    TransferEstimatorBase,
+):
     """Image classifier from a pretrained CNN backbone and a trainable head.
 
     ``X`` is a 1-D array-like of image file paths. The backbone is cut into
@@ -94,13 +104,18 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
     augment : bool, default=False
         Random resized crops and horizontal flips on training images only.
         The frozen part then runs every epoch (features can't be cached).
-    validation_fraction : float or None, default=None
-        Fraction of the training data held out, stratified and seeded by
-        ``random_state``, to report validation loss and accuracy each epoch
-        and drive ``early_stopping``. ``None`` trains on everything.
-    early_stopping : int or None, default=None
-        Stop when the validation loss has not improved for this many epochs
-        and keep the best weights. Needs ``validation_fraction``.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data (stratified,
+        seeded by ``random_state``), report its loss and accuracy each
+        epoch, stop when its loss has not improved for ``n_iter_no_change``
+        epochs, and keep the weights of the best epoch. ``False`` trains on
+        everything for ``max_epochs``.
+    validation_fraction : float, default=0.1
+        Fraction held out for early stopping. Only used if
+        ``early_stopping=True``.
+    n_iter_no_change : int, default=5
+        Epochs without improvement of the validation loss before training
+        stops. Only used if ``early_stopping=True``.
     class_weight : "balanced", dict or None, default=None
         Weights of the classes in the loss.
     batchnorm : {"auto", "frozen", "train"}, default="auto"
@@ -168,6 +183,8 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         Class labels, sorted.
     n_classes_ : int
         Number of classes.
+    n_features_out_ : int
+        Width of :meth:`transform`'s output (the head's input).
     model_ : TransferModule
         The trained torch module (frozen prefix and trainable suffix).
     history_ : skorch.History
@@ -213,8 +230,9 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         "backbone_lr_ratio": [Interval(Real, 0, None, closed="left")],
         "optimizer": [StrOptions(set(OPTIMIZERS)), type],
         "augment": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
-        "early_stopping": [Interval(Integral, 1, None, closed="left"), None],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "class_weight": [StrOptions({"balanced"}), dict, None],
         "cache_max_gb": [Interval(Real, 0, None, closed="neither")],
         "batchnorm": [StrOptions({"auto", "frozen", "train"})],
@@ -228,7 +246,8 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
     _fitted_values = (
         *TransferEstimatorBase._fitted_values,
         "classes_", "n_classes_", "history_", "skipped_images_",
-        "n_train_images_", "interrupted_", "batch_size_", "_optimizer_state",
+        "n_train_images_", "interrupted_", "batch_size_", "n_features_out_",
+        "_optimizer_state",
     )  # fmt: skip
     _module_attributes = ("model_",)
 
@@ -248,8 +267,9 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         optimizer="adamw",
         image_size=None,
         augment=False,
-        validation_fraction=None,
-        early_stopping=None,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=5,
         class_weight=None,
         batchnorm="auto",
         cache="auto",
@@ -278,8 +298,9 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         self.optimizer = optimizer
         self.image_size = image_size
         self.augment = augment
-        self.validation_fraction = validation_fraction
         self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
         self.class_weight = class_weight
         self.batchnorm = batchnorm
         self.cache = cache
@@ -322,6 +343,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             hidden_layer_sizes=tuple(self.hidden_layer_sizes),
             dropout=self.dropout,
             freeze_bn_stats=self._freeze_bn_stats(),
+            frozen_dtype=self.frozen_dtype_,
         )
 
     def _build_model(self, seed):
@@ -331,6 +353,8 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             n_frozen = spec.n_blocks - self._n_unfrozen(spec.n_blocks)
             self._record_backbone(spec, parts, n_frozen)
             module = self._architecture("model_", parts)
+        widths = (parts.feature_dim, *self.hidden_layer_sizes)
+        self.n_features_out_ = int(widths[-1])
         return self._place_module(module)
 
     # -- fitting ----------------------------------------------------------
@@ -351,6 +375,11 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         keep[[i for i, _ in errors]] = False
         self.skipped_images_ = bad
         return keep
+
+    @property
+    def _n_features_out(self):
+        # Read by ClassNamePrefixFeaturesOutMixin.get_feature_names_out.
+        return self.n_features_out_
 
     def _uses_feature_cache(self):
         return self.cache is not False and not self.augment
@@ -419,11 +448,6 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
 
     def _fit(self, X, y, sample_weight, *, warm, max_epochs, classes=None,
              continued=False):
-        if self.early_stopping is not None and self.validation_fraction is None:
-            raise ValueError(
-                "early_stopping needs held-out data to monitor: set "
-                "validation_fraction (e.g. 0.1) or early_stopping=None."
-            )
         paths = check_image_paths(X)
         y = check_targets(y, len(paths))
         limit_threads_in_worker()
@@ -517,7 +541,9 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
     def _train(self, paths, features, y, y_encoded, sample_weight, *, max_epochs,
                history, seed):
         train_idx, valid_idx = validation_split(
-            y_encoded, self.validation_fraction, self.torch_seed_
+            y_encoded,
+            self.validation_fraction if self.early_stopping else None,
+            self.torch_seed_,
         )
         targets = torch.as_tensor(y_encoded, dtype=torch.int64)
         weights = normalized_sample_weight(sample_weight, train_idx)
@@ -557,14 +583,11 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
             batch_size=self.batch_size,
             device=self.device_,
             valid=valid,
-            n_iter_no_change=self.early_stopping,
+            n_iter_no_change=self.n_iter_no_change if self.early_stopping else None,
             loss_weights=class_loss_weights(self.class_weight, self.classes_, y),
             weighted=weights is not None,
             num_workers=num_workers,
-            autocast_dtype=(
-                self.frozen_dtype_
-                if torch.device(self.device_).type == "cuda" else None
-            ),
+            autocast_dtype=self._training_autocast_dtype(),
             compile=self.compile,
             history=history,
             optimizer_state=self._optimizer_state,
@@ -676,13 +699,22 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
     # -- prediction -------------------------------------------------------
 
     def _run_suffix(self, features, fn):
+        # The trained part runs as it trained: under the same autocast (on
+        # CUDA; fp32 elsewhere) and at the batch size fit ended with.
         outputs = []
-        batch_size = self._inference_batch_size()
-        with torch.inference_mode():
+        batch_size = getattr(self, "batch_size_", self.batch_size)
+        with (
+            torch.inference_mode(),
+            autocast_context(self.device_, self._training_autocast_dtype()),
+        ):
             for start in range(0, len(features), batch_size):
                 batch = features[start : start + batch_size].to(self.device_)
                 outputs.append(fn(batch).float().cpu())
         return torch.cat(outputs)
+
+    def _training_autocast_dtype(self):
+        """Mixed precision of the trained part: the frozen dtype on CUDA only."""
+        return self.frozen_dtype_ if torch.device(self.device_).type == "cuda" else None
 
     def predict_proba(self, X):
         """Class probabilities, columns in the order of ``classes_``.
@@ -724,7 +756,9 @@ class PretrainedCNNClassifier(ClassifierMixin, TransferEstimatorBase):
         """Penultimate features of the fitted network (the head's input).
 
         With a linear head this is the pooled backbone embedding (fine-tuned
-        blocks included); with hidden layers, the last hidden layer.
+        blocks included); with hidden layers, the last hidden layer. Like any
+        scikit-learn transformer, the output container follows
+        :meth:`set_output` (e.g. ``set_output(transform="pandas")``).
 
         Parameters
         ----------

@@ -99,5 +99,5 @@ def validation_split(y_encoded, fraction, seed):
             f"Cannot hold out a stratified validation_fraction={fraction} of "
             f"{len(y_encoded)} images: {exc}. Every class needs at least 2 "
             "images and the held-out part at least one per class; add images, "
-            "change validation_fraction, or set it to None."
+            "change validation_fraction, or set early_stopping=False."
         ) from exc

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ._compat import BatchNormBase
+from ._runtime import autocast_context
 
 __all__ = [
     "TrainableSuffix",
@@ -92,12 +93,18 @@ class TransferModule(nn.Module):
     ``train()`` is asked for: skorch switches the whole module to training
     mode at every step, which would otherwise let frozen BatchNorm running
     statistics drift.
+
+    ``frozen_dtype`` is the autocast dtype of the prefix (None for float32).
+    The prefix runs in it here exactly as when its output is extracted for
+    the feature cache, so a fit gives the same model whether its features
+    came from the cache or were computed on the fly.
     """
 
-    def __init__(self, frozen, suffix):
+    def __init__(self, frozen, suffix, frozen_dtype=None):
         super().__init__()
         self.frozen = frozen
         self.suffix = suffix
+        self.frozen_dtype = frozen_dtype
         for param in self.frozen.parameters():
             param.requires_grad_(False)
         self.frozen.eval()
@@ -108,8 +115,10 @@ class TransferModule(nn.Module):
         return self
 
     def forward(self, x):
-        with torch.no_grad():
+        with torch.no_grad(), autocast_context(x.device, self.frozen_dtype):
             features = self.frozen(x)
+        if self.frozen_dtype is not None:
+            features = features.float()  # as the cache stores them
         return self.suffix(features)
 
 
@@ -132,7 +141,7 @@ def frozen_prefix(parts, n_frozen):
 
 def build_transfer_module(
     parts, n_unfrozen, n_classes, *, hidden_layer_sizes=(), dropout=0.0,
-    freeze_bn_stats=True,
+    freeze_bn_stats=True, frozen_dtype=None,
 ):
     """Assemble a :class:`TransferModule` from a built backbone.
 
@@ -151,4 +160,4 @@ def build_transfer_module(
         trainable_layers.append(parts.neck)
     head = build_head(parts.feature_dim, n_classes, hidden_layer_sizes, dropout)
     suffix = TrainableSuffix(nn.Sequential(*trainable_layers), head, freeze_bn_stats)
-    return TransferModule(frozen_prefix(parts, n_frozen), suffix)
+    return TransferModule(frozen_prefix(parts, n_frozen), suffix, frozen_dtype)

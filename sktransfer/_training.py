@@ -31,6 +31,7 @@ __all__ = [
     "StopOnNonFiniteLoss",
     "TrainingPlan",
     "TransferNet",
+    "ValidationEarlyStopping",
     "build_net",
     "fit_with_oom_backoff",
     "optimizer_snapshot",
@@ -64,6 +65,27 @@ class StopOnNonFiniteLoss(Callback):
                 f"{len(net.history)}, batch {self.batch_index_}. Lower `lr`, use "
                 "precision='fp32', or check the images and labels for outliers."
             )
+
+
+class _StopTraining(Exception):
+    """A callback ended training as planned; not the user's Ctrl-C."""
+
+
+class ValidationEarlyStopping(EarlyStopping):
+    """skorch's early stopping, told apart from a user's interruption.
+
+    skorch stops the fit loop by raising ``KeyboardInterrupt``, the very
+    exception Ctrl-C raises; :func:`run_fit` must report the one and not the
+    other, so the planned stop is raised as an exception of its own.
+    """
+
+    def on_epoch_end(self, net, **kwargs):
+        try:
+            super().on_epoch_end(net, **kwargs)
+        except KeyboardInterrupt:
+            if self.misses_ == self.patience:
+                raise _StopTraining from None
+            raise
 
 
 class TransferNet(NeuralNetClassifier):
@@ -226,6 +248,8 @@ def run_fit(net, X, y=None):
     interrupted = False
     try:
         net.fit_loop(X, y)
+    except _StopTraining:
+        pass
     except KeyboardInterrupt:
         interrupted = True
     net.notify("on_train_end", X=X, y=y)
@@ -303,7 +327,7 @@ def build_net(plan):
     if plan.n_iter_no_change is not None:
         callbacks.append((
             "early_stopping",
-            EarlyStopping(patience=plan.n_iter_no_change, load_best=True),
+            ValidationEarlyStopping(patience=plan.n_iter_no_change, load_best=True),
         ))
     kwargs = {}
     if plan.optimizer is torch.optim.SGD:

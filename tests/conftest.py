@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sktransfer import BackboneSpec, clear_feature_cache, register_backbone
+from sktransfer import BackboneSpec, _runtime, clear_feature_cache, register_backbone
 from sktransfer._transforms import Preprocessing
 from sktransfer.backbones import BackboneParts
 
@@ -14,14 +14,24 @@ COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_isolate():
-    """Seed every RNG and start each test with an empty in-memory cache."""
+def _seed_and_isolate(monkeypatch):
+    """Seed every RNG, start each test with an empty in-memory cache, and
+    make precision="auto" independent of this machine's CPU (no native bf16
+    unless a test asks for it through ``cpu_native_bf16``)."""
+    monkeypatch.setattr(_runtime, "cpu_has_fast_bf16", lambda: False)
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
     clear_feature_cache()
     yield
     clear_feature_cache()
+
+
+@pytest.fixture(params=[False, True], ids=["cpu-without-bf16", "cpu-with-bf16"])
+def cpu_native_bf16(request, monkeypatch):
+    """Run a test as on a CPU without, then with, native bf16 units."""
+    monkeypatch.setattr(_runtime, "cpu_has_fast_bf16", lambda: request.param)
+    return request.param
 
 
 def _conv_block(c_in, c_out):

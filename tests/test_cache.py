@@ -69,7 +69,7 @@ def own_images(tmp_path, colour_images):
     "backbone, image_size", [("tiny_cnn", None), ("resnet18", 32)]
 )
 def test_cached_fit_equals_uncached_fit(
-    colour_images, tiny_params, backbone, image_size, unfreeze
+    colour_images, tiny_params, backbone, image_size, unfreeze, cpu_native_bf16
 ):
     X, y = colour_images
     params = dict(tiny_params, backbone=backbone, image_size=image_size,
@@ -219,7 +219,7 @@ def test_unseeded_random_backbone_is_never_cached(
 
 
 def test_memory_bound_falls_back_to_uncached_training(
-    colour_images, tiny_params, frozen_calls
+    colour_images, tiny_params, frozen_calls, cpu_native_bf16
 ):
     X, y = colour_images
     params = dict(tiny_params, unfreeze=1)

@@ -202,7 +202,8 @@ def test_batchnorm_stats_in_unfrozen_blocks(colour_images, tiny_params):
 
 def test_random_state_makes_fits_repeatable(colour_images, tiny_params):
     paths, labels = colour_images
-    params = dict(tiny_params, unfreeze=1, validation_fraction=0.25)
+    params = dict(tiny_params, unfreeze=1, early_stopping=True,
+                  validation_fraction=0.25)
     a = PretrainedCNNClassifier(**params).fit(paths, labels).predict_proba(paths)
     b = PretrainedCNNClassifier(**params).fit(paths, labels).predict_proba(paths)
     np.testing.assert_array_equal(a, b)
@@ -210,21 +211,26 @@ def test_random_state_makes_fits_repeatable(colour_images, tiny_params):
     assert not np.array_equal(a, c.predict_proba(paths))
 
 
-def test_validation_split_and_early_stopping(colour_images, tiny_params):
+def test_early_stopping_stops_after_n_iter_no_change(colour_images, tiny_params):
     paths, labels = colour_images
     clf = PretrainedCNNClassifier(
-        **dict(tiny_params, max_epochs=30, validation_fraction=0.25, early_stopping=2)
+        **dict(tiny_params, max_epochs=200, lr=0.5, early_stopping=True,
+               validation_fraction=0.25, n_iter_no_change=2)
     ).fit(paths, labels)
-    assert "valid_loss" in clf.history_[-1]
+    losses = list(clf.history_[:, "valid_loss"])
+    best = int(np.argmin(losses))
+    # It stopped early, exactly n_iter_no_change epochs after the best one.
+    assert len(losses) < 200
+    assert len(losses) - 1 - best == 2
     assert clf.history_[-1, "valid_acc"] >= 0.5
-    assert len(clf.history_) <= 30
 
 
-def test_early_stopping_needs_validation(colour_images, tiny_params):
-    with pytest.raises(ValueError, match="validation_fraction"):
-        PretrainedCNNClassifier(**dict(tiny_params, early_stopping=2)).fit(
-            *colour_images
-        )
+def test_without_early_stopping_every_image_trains(colour_images, tiny_params):
+    paths, labels = colour_images
+    clf = PretrainedCNNClassifier(**tiny_params, validation_fraction=0.5)
+    clf.fit(paths, labels)  # validation_fraction is only used with early stopping
+    assert "valid_loss" not in clf.history_[-1]
+    assert len(clf.history_) == tiny_params["max_epochs"]
 
 
 def test_transform_returns_penultimate_features(colour_images, tiny_params):
@@ -232,3 +238,21 @@ def test_transform_returns_penultimate_features(colour_images, tiny_params):
     clf = PretrainedCNNClassifier(**dict(tiny_params, hidden_layer_sizes=(5,)))
     clf.fit(paths, labels)
     assert clf.transform(paths).shape == (len(paths), 5)
+
+
+def test_set_output_pandas_in_a_pipeline(colour_images, tiny_params):
+    pd = pytest.importorskip("pandas")
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    paths, labels = colour_images
+    pipe = make_pipeline(
+        PretrainedCNNClassifier(**dict(tiny_params, hidden_layer_sizes=(5,))),
+        LogisticRegression(),
+    ).set_output(transform="pandas")
+    pipe.fit(paths, labels)
+    embedded = pipe[:-1].transform(paths)
+    assert isinstance(embedded, pd.DataFrame)
+    assert list(embedded.columns) == [f"pretrainedcnnclassifier{i}" for i in range(5)]
+    assert list(pipe[-1].feature_names_in_) == list(embedded.columns)
+    assert set(pipe.predict(paths)) <= set(labels)

@@ -104,7 +104,7 @@ def test_sample_weight_without_cache_and_with_validation(colour_images, tiny_par
     paths, labels = colour_images
     weight = np.where(labels == "red", 2.0, 1.0)
     clf = PretrainedCNNClassifier(**tiny_params, cache=False, unfreeze=1,
-                                  validation_fraction=0.25)
+                                  early_stopping=True, validation_fraction=0.25)
     clf.fit(paths, labels, sample_weight=weight)
     assert np.isfinite(clf.history_[:, "valid_loss"]).all()
 
@@ -241,7 +241,8 @@ def test_partial_fit_rejects_unknown_labels(colour_images, three_class_images,
 
 def test_verbose_zero_prints_nothing(colour_images, tiny_params, capfd):
     paths, labels = colour_images
-    clf = PretrainedCNNClassifier(**tiny_params, validation_fraction=0.25)
+    clf = PretrainedCNNClassifier(**tiny_params, early_stopping=True,
+                                  validation_fraction=0.25)
     clf.fit(paths, labels).predict(paths)
     out, err = capfd.readouterr()
     assert out == "" and err == ""
@@ -264,7 +265,8 @@ def test_plot_history(colour_images, tiny_params):
     import matplotlib.pyplot as plt
 
     paths, labels = colour_images
-    clf = PretrainedCNNClassifier(**tiny_params, validation_fraction=0.25)
+    clf = PretrainedCNNClassifier(**tiny_params, early_stopping=True,
+                                  validation_fraction=0.25, n_iter_no_change=10)
     clf.fit(paths, labels)
     ax = clf.plot_history()
     labels_drawn = {line.get_label() for line in ax.get_lines()}

@@ -74,7 +74,8 @@ def test_predict_validates_x(clf, colour_images):
      ("on_bad_image", "ignore", "The 'on_bad_image' parameter"),
      ("dropout", 1.0, "The 'dropout' parameter"),
      ("precision", "fp8", "The 'precision' parameter"),
-     ("validation_fraction", 1.5, "The 'validation_fraction' parameter")],
+     ("validation_fraction", 1.5, "The 'validation_fraction' parameter"),
+     ("n_iter_no_change", 0, "The 'n_iter_no_change' parameter")],
 )
 def test_bad_parameter_values(clf, colour_images, param, value, expected):
     X, y = colour_images
@@ -101,9 +102,11 @@ def test_unfreeze_beyond_block_count(clf, colour_images):
         clf.set_params(unfreeze=5).fit(X, y)
 
 
-def test_early_stopping_needs_validation(clf, colour_images):
+def test_early_stopping_is_a_boolean(clf, colour_images):
+    # scikit-learn's meaning: a switch, with the patience in n_iter_no_change.
     X, y = colour_images
-    with pytest.raises(ValueError, match="set validation_fraction"):
+    with pytest.raises(ValueError, match="The 'early_stopping' parameter of "
+                                         "PretrainedCNNClassifier must be"):
         clf.set_params(early_stopping=2).fit(X, y)
 
 
