@@ -590,7 +590,7 @@ class PretrainedCNNClassifier(
             autocast_dtype=self._training_autocast_dtype(),
             compile=self.compile,
             history=history,
-            optimizer_state=self._optimizer_state,
+            optimizer_state=getattr(self, "_optimizer_state", None),
             net_params=dict(self.net_params or {}),
             verbose=self.verbose,
         )
