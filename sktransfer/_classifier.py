@@ -12,6 +12,7 @@ from sklearn.base import (
     TransformerMixin,
 )
 from sklearn.utils.validation import check_is_fitted
+from skorch.history import History
 
 from ._base import TransferEstimatorBase
 from ._compat import Interval, StrOptions, check_sample_weight, fit_context
@@ -32,6 +33,7 @@ from ._labels import (
     validation_split,
 )
 from ._module import build_transfer_module
+from ._probe import fit_head_lbfgs
 from ._runtime import (
     autocast_context,
     cudnn_autotuning,
@@ -83,12 +85,37 @@ class PretrainedCNNClassifier(
         Hidden layers of the head; ``()`` is a linear head.
     dropout : float, default=0.0
         Dropout before each layer of the head.
+    head_solver : {"auto", "lbfgs", "epochs"}, default="auto"
+        How the new head is first fitted. ``"auto"`` is ``"lbfgs"`` with
+        ``unfreeze=0`` and ``"epochs"`` otherwise (on the bundled emoji set,
+        3-fold CV, ``unfreeze=1``: 0.739 starting from the probed head
+        against 0.779 without it). ``"lbfgs"``: to the optimum of its
+        L2-penalised loss (strength ``1/C``, as ``LogisticRegression``) by
+        full-batch L-BFGS on the pooled embeddings of the training images
+        (a linear probe). With ``unfreeze=0`` and ``augment=False`` that is
+        the whole fit, so ``max_epochs`` and the optimizer are not used;
+        otherwise the epochs of fine-tuning start from the probed head
+        (LP-FT). ``"epochs"``: the head trains only in the epoch loop.
+    C : float, default=1.0
+        Inverse strength of the L2 penalty of the L-BFGS head fit, in the
+        sense of ``sklearn.linear_model.LogisticRegression``.
     max_epochs : int, default=10
-        Training epochs.
+        Training epochs (fine-tuning, or the head with ``head_solver="epochs"``).
     lr : float, default=1e-3
-        Learning rate of the head.
+        Peak learning rate of the head in the epoch loop.
     backbone_lr_ratio : float, default=0.1
-        Learning rate of unfrozen backbone blocks, relative to ``lr``.
+        Learning rate of the last unfrozen backbone block, relative to ``lr``.
+    layer_decay : float, default=1.0
+        Each unfrozen block trains at ``layer_decay`` times the learning rate
+        of the block after it (layer-wise learning-rate decay); ``1.0``
+        gives every unfrozen block the same rate.
+    lr_schedule : {"constant", "cosine"}, default="constant"
+        ``"cosine"``: a linear warmup over ``warmup_fraction`` of the
+        training steps, then cosine decay to zero, stepped every batch.
+    warmup_fraction : float, default=0.1
+        Share of the steps spent warming up with ``lr_schedule="cosine"``.
+    label_smoothing : float, default=0.0
+        Label smoothing of the cross-entropy loss.
     batch_size : int, default=32
         Training batch size. If the device runs out of memory, training
         restarts with half the batch (down to 1) and warns; the size used is
@@ -225,7 +252,13 @@ class PretrainedCNNClassifier(
         "unfreeze": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
         "hidden_layer_sizes": [tuple, list],
         "dropout": [Interval(Real, 0, 1, closed="left")],
+        "head_solver": [StrOptions({"auto", "lbfgs", "epochs"})],
+        "C": [Interval(Real, 0, None, closed="neither")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "layer_decay": [Interval(Real, 0, 1, closed="right")],
+        "lr_schedule": [StrOptions({"cosine", "constant"})],
+        "warmup_fraction": [Interval(Real, 0, 1, closed="left")],
+        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr_ratio": [Interval(Real, 0, None, closed="left")],
         "optimizer": [StrOptions(set(OPTIMIZERS)), type],
@@ -259,9 +292,15 @@ class PretrainedCNNClassifier(
         *,
         hidden_layer_sizes=(),
         dropout=0.0,
+        head_solver="auto",
+        C=1.0,
         max_epochs=10,
         lr=1e-3,
         backbone_lr_ratio=0.1,
+        layer_decay=1.0,
+        lr_schedule="constant",
+        warmup_fraction=0.1,
+        label_smoothing=0.0,
         batch_size=32,
         inference_batch_size=None,
         optimizer="adamw",
@@ -290,9 +329,15 @@ class PretrainedCNNClassifier(
         self.unfreeze = unfreeze
         self.hidden_layer_sizes = hidden_layer_sizes
         self.dropout = dropout
+        self.head_solver = head_solver
+        self.C = C
         self.max_epochs = max_epochs
         self.lr = lr
         self.backbone_lr_ratio = backbone_lr_ratio
+        self.layer_decay = layer_decay
+        self.lr_schedule = lr_schedule
+        self.warmup_fraction = warmup_fraction
+        self.label_smoothing = label_smoothing
         self.batch_size = batch_size
         self.inference_batch_size = inference_batch_size
         self.optimizer = optimizer
@@ -498,14 +543,17 @@ class PretrainedCNNClassifier(
             net, interrupted = self._train(
                 paths, features, y, y_encoded, sample_weight,
                 max_epochs=max_epochs, history=history, seed=seed,
+                probe=not warm and not continued and self._probes_head(),
             )
         # Kept only when a later fit may continue this one: Adam's moments
         # are twice the size of the trained weights.
         self._optimizer_state = (
             optimizer_snapshot(net.optimizer_)
-            if continued or self.warm_start else None
+            if net is not None and (continued or self.warm_start) else None
         )
         self.model_.eval()
+        for param in self.model_.parameters():
+            param.grad = None  # a fitted model holds no gradients
         if interrupted:
             self.interrupted_ = True
             warnings.warn(
@@ -538,8 +586,39 @@ class PretrainedCNNClassifier(
             self.model_ = self._build_model(self.torch_seed_)
         return y_encoded
 
+    def _probes_head(self):
+        if self.head_solver == "auto":
+            return self.unfreeze == 0
+        return self.head_solver == "lbfgs"
+
+    def _probe_embeddings(self, paths, features, idx):
+        """Pooled embeddings of training rows ``idx``, through the unfrozen
+        blocks as they are now (pretrained), for the L-BFGS head fit."""
+        self.model_.eval()
+        trainable = self.model_.suffix.trainable
+        if features is not None:
+            embeddings = self._run_suffix(features[idx], trainable)
+        else:
+            embeddings = map_features(
+                self._frozen_pass(self.model_.frozen), paths[idx],
+                lambda rows: self._run_suffix(rows, trainable),
+            )
+        return embeddings.clone()  # a normal tensor, usable by autograd
+
+    def _probe_head(self, paths, features, targets, weights, loss_weights, idx):
+        losses = fit_head_lbfgs(
+            self.model_.suffix.head,
+            self._probe_embeddings(paths, features, idx),
+            targets[idx],
+            C=self.C,
+            sample_weight=None if weights is None else weights[idx],
+            class_weight=loss_weights,
+            label_smoothing=self.label_smoothing,
+        )
+        return losses
+
     def _train(self, paths, features, y, y_encoded, sample_weight, *, max_epochs,
-               history, seed):
+               history, seed, probe):
         train_idx, valid_idx = validation_split(
             y_encoded,
             self.validation_fraction if self.early_stopping else None,
@@ -547,6 +626,19 @@ class PretrainedCNNClassifier(
         )
         targets = torch.as_tensor(y_encoded, dtype=torch.int64)
         weights = normalized_sample_weight(sample_weight, train_idx)
+        loss_weights = class_loss_weights(self.class_weight, self.classes_, y)
+        if probe:
+            losses = self._probe_head(
+                paths, features, targets, weights, loss_weights, train_idx
+            )
+            if self.n_frozen_blocks_ == self.backbone_n_blocks_ and not self.augment:
+                # The probed head is the fitted model: nothing left to train.
+                self.history_ = History([{
+                    "epoch": 1, "train_loss": losses[-1],
+                    "lbfgs_iterations": len(losses),
+                }])
+                self.batch_size_ = self.batch_size
+                return None, False
         if features is not None:
             module, num_workers = self.model_.suffix, 0
             train = tensor_dataset(features, targets, weights, train_idx)
@@ -577,14 +669,16 @@ class PretrainedCNNClassifier(
             module=module,
             n_classes=self.n_classes_,
             lr=self.lr,
-            lr_scales=self.model_.suffix.lr_scales(self.backbone_lr_ratio),
+            lr_scales=self.model_.suffix.lr_scales(
+                self.backbone_lr_ratio, self.layer_decay
+            ),
             optimizer=OPTIMIZERS.get(self.optimizer, self.optimizer),
             max_epochs=max_epochs,
             batch_size=self.batch_size,
             device=self.device_,
             valid=valid,
             n_iter_no_change=self.n_iter_no_change if self.early_stopping else None,
-            loss_weights=class_loss_weights(self.class_weight, self.classes_, y),
+            loss_weights=loss_weights,
             weighted=weights is not None,
             num_workers=num_workers,
             autocast_dtype=self._training_autocast_dtype(),
@@ -593,6 +687,10 @@ class PretrainedCNNClassifier(
             optimizer_state=getattr(self, "_optimizer_state", None),
             net_params=dict(self.net_params or {}),
             verbose=self.verbose,
+            lr_schedule=self.lr_schedule,
+            warmup_fraction=self.warmup_fraction,
+            n_train=len(train_idx),
+            label_smoothing=self.label_smoothing,
         )
         # A head on pooled features is a few small matrix products per step:
         # splitting them over threads costs more in synchronisation than it

@@ -64,15 +64,24 @@ class TrainableSuffix(nn.Module):
                     module.eval()
         return self
 
-    def lr_scales(self, backbone_lr_ratio):
+    def lr_scales(self, backbone_lr_ratio, layer_decay=1.0):
         """Learning-rate multiplier of each parameter, keyed by ``id``.
 
-        The head trains at the full rate, unfrozen backbone blocks at
-        ``backbone_lr_ratio`` of it. The optimizer's groups are built from
-        these objects, so no parameter name is relied on.
+        The head trains at the full rate, the last unfrozen block (and the
+        neck) at ``backbone_lr_ratio`` of it, and each block before it at
+        ``layer_decay`` times the rate of the block after it: layers nearer
+        the input hold more general features and move less (layer-wise
+        learning-rate decay, as timm's ``layer_decay``). The optimizer's
+        groups are built from these objects, so no parameter name is relied
+        on.
         """
         scales = {id(p): 1.0 for p in self.head.parameters()}
-        scales.update({id(p): backbone_lr_ratio for p in self.trainable.parameters()})
+        layers = list(self.trainable)
+        n_blocks = max(len(layers) - 1, 0)  # the last layer is the neck
+        for i, layer in enumerate(layers):
+            depth = max(n_blocks - 1 - i, 0)
+            for p in layer.parameters():
+                scales[id(p)] = backbone_lr_ratio * layer_decay**depth
         return scales
 
     def embed(self, features):

@@ -8,6 +8,7 @@ here calls back into an estimator.
 
 import copy
 import dataclasses
+import math
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from skorch import NeuralNetClassifier
-from skorch.callbacks import Callback, EarlyStopping
+from skorch.callbacks import Callback, EarlyStopping, LRScheduler
 from skorch.helper import predefined_split
 from skorch.history import History
 from skorch.utils import to_tensor
@@ -32,6 +33,7 @@ __all__ = [
     "TrainingPlan",
     "TransferNet",
     "ValidationEarlyStopping",
+    "WarmupCosine",
     "build_net",
     "fit_with_oom_backoff",
     "optimizer_snapshot",
@@ -211,9 +213,43 @@ def _scaled_groups(groups, scales, base_lr):
     return out
 
 
+class WarmupCosine:
+    """Learning-rate factor at step ``s``: linear warmup, then cosine to 0.
+
+    Parameters
+    ----------
+    n_steps : int
+        Optimizer steps of the whole fit.
+    warmup_fraction : float
+        Fraction of them spent warming up from ``1/n_warmup`` to 1.
+    """
+
+    def __init__(self, n_steps, warmup_fraction):
+        self.n_steps = max(int(n_steps), 1)
+        self.n_warmup = min(math.ceil(warmup_fraction * self.n_steps), self.n_steps)
+
+    def __call__(self, step):
+        if step < self.n_warmup:
+            return (step + 1) / self.n_warmup
+        decay_steps = max(self.n_steps - self.n_warmup, 1)
+        progress = min((step - self.n_warmup) / decay_steps, 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def optimizer_snapshot(optimizer):
-    """The optimizer's class and a copy of its state, to resume it later."""
-    return type(optimizer), copy.deepcopy(optimizer.state_dict())
+    """The optimizer's class and a copy of its state on the CPU, to resume it.
+
+    Kept on the CPU so a fitted estimator holds no device memory for it;
+    ``load_state_dict`` moves it back to the parameters' device.
+    """
+    state = optimizer.state_dict()
+    return type(optimizer), {
+        "state": {k: {n: (v.detach().to("cpu", copy=True)
+                         if isinstance(v, torch.Tensor) else copy.deepcopy(v))
+                      for n, v in s.items()}
+                  for k, s in state["state"].items()},
+        "param_groups": copy.deepcopy(state["param_groups"]),
+    }
 
 
 def _resume_optimizer(optimizer, snapshot):
@@ -298,6 +334,14 @@ class TrainingPlan:
         Extra skorch arguments from the user; their callbacks are added to
         ours.
     verbose : int
+    lr_schedule : {"constant", "cosine"}
+        ``"cosine"``: linear warmup over ``warmup_fraction`` of the steps,
+        then cosine decay to zero, stepped every batch.
+    warmup_fraction : float
+    n_train : int
+        Training rows, to count the steps of the schedule.
+    label_smoothing : float
+        Of the cross-entropy loss.
     """
 
     module: nn.Module
@@ -319,6 +363,10 @@ class TrainingPlan:
     optimizer_state: Any = None
     net_params: dict = dataclasses.field(default_factory=dict)
     verbose: int = 0
+    lr_schedule: str = "constant"
+    warmup_fraction: float = 0.0
+    n_train: int = 0
+    label_smoothing: float = 0.0
 
 
 def build_net(plan):
@@ -329,7 +377,19 @@ def build_net(plan):
             "early_stopping",
             ValidationEarlyStopping(patience=plan.n_iter_no_change, load_best=True),
         ))
+    if plan.lr_schedule == "cosine":
+        n_steps = plan.max_epochs * math.ceil(plan.n_train / plan.batch_size)
+        callbacks.append((
+            "lr_schedule",
+            LRScheduler(
+                policy=torch.optim.lr_scheduler.LambdaLR,
+                lr_lambda=WarmupCosine(n_steps, plan.warmup_fraction),
+                step_every="batch",
+            ),
+        ))
     kwargs = {}
+    if plan.label_smoothing:
+        kwargs["criterion__label_smoothing"] = plan.label_smoothing
     if plan.optimizer is torch.optim.SGD:
         kwargs["optimizer__momentum"] = 0.9
     if plan.num_workers:
