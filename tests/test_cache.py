@@ -136,7 +136,7 @@ def test_disk_cache_is_reused_after_memory_is_cleared(
     cache = joblib.Memory(tmp_path, verbose=0) if as_memory else tmp_path
     first = PretrainedCNNClassifier(**tiny_params, cache=cache).fit(X, y)
     assert frozen_calls.take() == len(X)
-    n_files = len(list(DiskFeatureStore(tmp_path).directory.rglob("*.npy")))
+    n_files = len(list(DiskFeatureStore(tmp_path).directory.rglob("*.feat")))
     assert n_files == len(X)
 
     clear_feature_cache()
