@@ -150,15 +150,18 @@ _MAGIC = b"SKTFEAT1"
 _MAX_HEADER = 64 * 1024
 
 
-def _current_umask():
-    # Reading the umask means setting it; done once, at import, when no
-    # other thread of this library writes files yet.
+def current_umask():
+    """The process's umask, read without changing it where the OS allows."""
+    try:  # Linux 4.7+: no window in which another thread sees umask 0
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-_FILE_MODE = 0o666 & ~_current_umask()
 
 
 class DiskFeatureStore:
@@ -184,6 +187,7 @@ class DiskFeatureStore:
     def __init__(self, directory):
         self.directory = Path(directory) / "sktransfer-features"
         self.disabled = False
+        self.file_mode = 0o666 & ~current_umask()
 
     def _path(self, model_key, fingerprint):
         key = _entry_key(model_key, fingerprint)
@@ -209,7 +213,7 @@ class DiskFeatureStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), _FILE_MODE)
+                os.fchmod(f.fileno(), self.file_mode)
                 f.write(_encode_entry(model_key, fingerprint, tensor))
             os.replace(tmp, path)
         except OSError as exc:
