@@ -229,7 +229,8 @@ def save_model(est, path, *, include_backbone=True):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.saving-"))
     try:
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 is not the user's choice
+        # mkdtemp's 0700 is not the user's choice; the umask is.
+        os.chmod(tmp, 0o777 & ~current_umask())
         weights_path = tmp / WEIGHTS_FILE
         # The weights file carries the manifest's checksum and the manifest
         # the weights file's, so a file from another save is refused.
