@@ -149,18 +149,24 @@ class TransferEstimatorBase(PickleSupportMixin, BaseEstimator):
 
     # -- the frozen pass ----------------------------------------------------
 
-    def _feature_cache_key(self):
-        """Cache key of the frozen prefix, from fitted attributes each time.
+    def _feature_cache_key(self, module=None):
+        """Cache key of ``module``, the fitted frozen prefix, each time anew.
 
-        It therefore follows any change of device or precision (e.g. a GPU
-        model loaded on a CPU).
+        ``module`` defaults to this estimator's frozen prefix (``frozen_``
+        of the extractor, ``model_.frozen`` of the classifier).
+
+        It comes from the fitted prefix (its architecture and the identity
+        of its weights) rather than from the constructor parameters, and
+        follows any change of precision (e.g. a GPU model loaded on a CPU).
         """
+        if module is None:
+            module = getattr(self, "frozen_", None)
+            if module is None:
+                module = self.model_.frozen
         return frozen_cache_key(
-            backbone=self.backbone,
+            module,
             weights_id=self.weights_id_,
             seed=self.torch_seed_,
-            n_frozen_blocks=self.n_frozen_blocks_,
-            n_blocks=self.backbone_n_blocks_,
             preprocessing=self.preprocessing_,
             dtype=self.frozen_dtype_,
         )
@@ -175,7 +181,7 @@ class TransferEstimatorBase(PickleSupportMixin, BaseEstimator):
             batch_size=self._inference_batch_size(),
             num_workers=self.num_workers,
             max_image_pixels=self.max_image_pixels,
-            cache_key=self._feature_cache_key(),
+            cache_key=self._feature_cache_key(module),
             stores=tuple(stores_for(self.cache)),
             verbose=self.verbose,
         )

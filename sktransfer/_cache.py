@@ -1,16 +1,28 @@
-"""Feature cache: frozen-backbone outputs keyed by image file and model setting.
+"""Feature cache: frozen-backbone outputs keyed by image file and frozen prefix.
 
-An entry's key combines the image's resolved path, size and modification
-time with everything that determines the frozen output: backbone, weights
-identity, cut point, preprocessing, precision and library version. A changed
-image or setting therefore never reuses a stale entry.
+An entry's key combines the image file's identity and change stamps
+(:func:`image_fingerprint`) with a digest of the fitted frozen prefix itself
+(:func:`module_structure_digest`: every layer and tensor shape) and of its
+weights' identity, its preprocessing, its precision and the library version.
+A changed image, or a prefix with other weights or another architecture,
+therefore never reuses an entry, while two estimators whose frozen parts are
+identical share them.
+
+Disk entries carry a header naming their key, shape, dtype and a checksum of
+their bytes; anything that does not check out (truncated, corrupt, written by
+something else, wrongly shaped) is a miss, and the entry is rewritten.
 """
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import struct
 import tempfile
 import threading
+import warnings
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 
@@ -18,6 +30,7 @@ import numpy as np
 import torch
 
 from ._version import __version__
+from ._warnings import user_stacklevel
 
 __all__ = [
     "DiskFeatureStore",
@@ -25,17 +38,27 @@ __all__ = [
     "clear_feature_cache",
     "image_fingerprint",
     "model_cache_key",
+    "module_structure_digest",
 ]
 
 
 def image_fingerprint(path):
-    """``realpath|size|mtime_ns`` of an image file, or None if it can't be read."""
+    """Identity and change stamps of an image file, or None if it can't be read.
+
+    ``realpath|device|inode|size|mtime_ns|ctime_ns``. Size and mtime alone
+    miss a same-size rewrite whose mtime was restored (``os.utime``, tar or
+    rsync extraction) or fell within the file system's mtime resolution; the
+    ctime changes on every write and cannot be set by ``os.utime``, and a
+    file replaced by a new one (``os.replace``) has a new inode. One
+    ``stat`` call, no read of the file's content.
+    """
     try:
         real = os.path.realpath(path)
         st = os.stat(real)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
         return None
-    return f"{real}|{st.st_size}|{st.st_mtime_ns}"
+    return (f"{real}|{st.st_dev}|{st.st_ino}|{st.st_size}|"
+            f"{st.st_mtime_ns}|{st.st_ctime_ns}")
 
 
 def model_cache_key(**settings):
@@ -43,6 +66,29 @@ def model_cache_key(**settings):
     settings = dict(settings, sktransfer_version=__version__)
     blob = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# module -> digest, so the repr of a large prefix is built once per fit.
+_DIGESTS = weakref.WeakKeyDictionary()
+
+
+def module_structure_digest(module):
+    """SHA-256 of a module's architecture: its ``repr`` and tensor layout.
+
+    The ``repr`` names every layer class with its settings; the name, dtype
+    and shape of every parameter and buffer complete it. A backbone
+    registered again under the same name with another architecture gets
+    another digest. Weight values are not hashed (see
+    :func:`sktransfer._frozen.frozen_cache_key` for why and what stands in).
+    """
+    cached = _DIGESTS.get(module)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256(repr(module).encode())
+    for name, tensor in module.state_dict().items():
+        digest.update(f"\n{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+    _DIGESTS[module] = value = digest.hexdigest()
+    return value
 
 
 def _entry_key(model_key, fingerprint):
@@ -98,39 +144,136 @@ class MemoryFeatureStore:
         return len(self._entries)
 
 
+# Disk entry: MAGIC, a 4-byte little-endian header length, a JSON header
+# (key, fingerprint, dtype, shape, sha256 of the data), then the raw rows.
+_MAGIC = b"SKTFEAT1"
+_MAX_HEADER = 64 * 1024
+
+
+def current_umask():
+    """The process's umask, read without changing it where the OS allows."""
+    try:  # Linux 4.7+: no window in which another thread sees umask 0
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class DiskFeatureStore:
-    """One ``.npy`` file per entry under ``directory``, written atomically.
+    """One file per entry under ``directory``, written atomically.
 
     Several processes (joblib workers, Dask workers on a shared file system)
     can read and write the same directory: a file appears under its final
-    name only once it is complete.
+    name only once it is complete, with the permissions the umask allows
+    (as ``open`` would give), not ``mkstemp``'s 0600.
+
+    Every entry is checked when read: the header must name this entry's key
+    and image fingerprint, the dtype must be float32, the shape must be
+    ``expected_shape`` when the caller knows it, and the data must match the
+    header's SHA-256. Anything else is a miss, rewritten by the next
+    :meth:`put`. Entries are not fsynced: after a crash, a torn entry fails
+    its checksum and is recomputed.
+
+    A directory that cannot be written (read-only, full disk, owned by
+    another user) warns once; the store then stops writing and the caller
+    carries on with the other stores.
     """
 
     def __init__(self, directory):
         self.directory = Path(directory) / "sktransfer-features"
+        self.disabled = False
+        self.file_mode = 0o666 & ~current_umask()
 
     def _path(self, model_key, fingerprint):
         key = _entry_key(model_key, fingerprint)
-        return self.directory / key[:2] / f"{key}.npy"
+        return self.directory / key[:2] / f"{key}.feat"
 
-    def get(self, model_key, fingerprint):
+    def get(self, model_key, fingerprint, expected_shape=None):
+        if self.disabled:
+            return None
         path = self._path(model_key, fingerprint)
         try:
-            return torch.from_numpy(np.load(path, allow_pickle=False))
+            with open(path, "rb") as f:
+                blob = f.read()
         except (OSError, ValueError):
             return None
+        return _decode_entry(blob, model_key, fingerprint, expected_shape)
 
     def put(self, model_key, fingerprint, tensor):
+        if self.disabled:
+            return
         path = self._path(model_key, fingerprint)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        tmp = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
-                np.save(f, tensor.numpy(), allow_pickle=False)
+                os.fchmod(f.fileno(), self.file_mode)
+                f.write(_encode_entry(model_key, fingerprint, tensor))
             os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        except OSError as exc:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            self._give_up(exc)
+
+    def _give_up(self, exc):
+        self.disabled = True
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        if exc.errno == errno.ENOSPC:
+            reason = "the disk is full"
+        warnings.warn(
+            f"Cannot write the feature cache in {str(self.directory)!r} "
+            f"({reason}); continuing without the disk cache for this call. "
+            "Pass a writable directory as cache=..., or cache='auto' to keep "
+            "features in memory only.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+
+def _encode_entry(model_key, fingerprint, tensor):
+    data = np.ascontiguousarray(tensor.detach().cpu().float().numpy())
+    raw = data.tobytes()
+    header = json.dumps({
+        "model_key": model_key,
+        "fingerprint": fingerprint,
+        "dtype": "float32",
+        "shape": list(data.shape),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+    }).encode()
+    return _MAGIC + struct.pack("<I", len(header)) + header + raw
+
+
+def _decode_entry(blob, model_key, fingerprint, expected_shape):
+    """The entry's tensor, or None unless every check passes."""
+    start = len(_MAGIC) + 4
+    if len(blob) < start or not blob.startswith(_MAGIC):
+        return None
+    (n_header,) = struct.unpack("<I", blob[len(_MAGIC):start])
+    if n_header > _MAX_HEADER or len(blob) < start + n_header:
+        return None
+    try:
+        header = json.loads(blob[start:start + n_header])
+        shape = tuple(int(n) for n in header["shape"])
+        ok = (header["model_key"] == model_key
+              and header["fingerprint"] == fingerprint
+              and header["dtype"] == "float32")
+        checksum = header["sha256"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+    raw = blob[start + n_header:]
+    if (not ok or any(n < 0 for n in shape) or len(raw) != 4 * int(np.prod(shape))
+            or (expected_shape is not None and shape != tuple(expected_shape))
+            or hashlib.sha256(raw).hexdigest() != checksum):
+        return None
+    array = np.frombuffer(raw, dtype="<f4").reshape(shape)
+    return torch.from_numpy(array.copy())
 
 
 _MEMORY_STORE = MemoryFeatureStore(max_bytes=2 * 1024**3)
@@ -159,7 +302,7 @@ def stores_for(cache):
     """The stores that ``cache`` (the estimator parameter) asks for."""
     if cache is False:
         return []
-    if cache == "auto":
+    if cache is True or (isinstance(cache, str) and cache == "auto"):
         return [_MEMORY_STORE]
     location = getattr(cache, "location", cache)  # joblib.Memory or a path
     if location is None:  # joblib.Memory(None) disables caching

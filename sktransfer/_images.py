@@ -5,6 +5,7 @@ the pixel limit is checked here against a per-call value, and warning-sized
 decompression bombs are treated as errors too.
 """
 
+import contextlib
 import math
 import os
 import stat
@@ -20,6 +21,7 @@ from ._warnings import user_stacklevel
 __all__ = [
     "ALLOWED_FORMATS",
     "BadImagesError",
+    "check_image_header",
     "ImageLoadError",
     "format_bad_images",
     "load_rgb_image",
@@ -85,6 +87,8 @@ def _check_regular_file(path):
         raise ImageLoadError(path, "file does not exist") from None
     except OSError as exc:
         raise ImageLoadError(path, f"cannot access file ({exc.strerror})") from None
+    except ValueError as exc:  # the OS refuses the name, e.g. a NUL byte in it
+        raise ImageLoadError(path, f"invalid path ({exc})") from None
     if stat.S_ISDIR(st.st_mode):
         raise ImageLoadError(path, "is a directory, not an image file")
     if not stat.S_ISREG(st.st_mode):
@@ -159,6 +163,53 @@ def to_rgb(img):
     return img.convert("RGB")
 
 
+def _identify_within_limit(fp, path, max_image_pixels):
+    """The opened (not yet decoded) image, refused if it has too many pixels."""
+    limit = default_max_image_pixels() if max_image_pixels is None else max_image_pixels
+    img = _identify(fp, path)
+    n_pixels = img.size[0] * img.size[1]
+    if limit is not None and n_pixels > limit:
+        raise ImageLoadError(
+            path,
+            f"image has {n_pixels:,} pixels, more than the limit of "
+            f"{limit:,} (a possible decompression bomb). If the file is "
+            "trusted, raise the limit with the max_image_pixels parameter.",
+        )
+    return img
+
+
+@contextlib.contextmanager
+def _decode_errors(path):
+    """Map every way Pillow fails on a file to an ImageLoadError."""
+    try:
+        yield
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as exc:  # not an OSError
+        raise ImageLoadError(path, str(exc)) from None
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise ImageLoadError(path, f"cannot decode image ({reason})") from None
+
+
+def check_image_header(path, *, max_image_pixels=None):
+    """Check ``path`` as :func:`load_rgb_image` does, up to decoding pixels.
+
+    The file must be a non-empty regular file in an allowed format whose
+    header gives no more pixels than ``max_image_pixels``. Used for cached
+    images, so that the pixel limit holds for them as for any other: it
+    reads only the header (a few hundred bytes, microseconds per file).
+
+    Raises
+    ------
+    ImageLoadError
+        With the path and the reason.
+    """
+    _check_regular_file(path)
+    with _decode_errors(path), open(path, "rb") as fp:
+        _identify_within_limit(fp, path, max_image_pixels)
+
+
 def load_rgb_image(path, *, max_image_pixels=None, min_side=None):
     """Load an image file as an upright 8-bit RGB Pillow image.
 
@@ -186,27 +237,10 @@ def load_rgb_image(path, *, max_image_pixels=None, min_side=None):
         With the path and the reason, for every kind of unusable file.
     """
     _check_regular_file(path)
-    limit = default_max_image_pixels() if max_image_pixels is None else max_image_pixels
-    try:
-        with open(path, "rb") as fp:
-            img = _identify(fp, path)
-            n_pixels = img.size[0] * img.size[1]
-            if limit is not None and n_pixels > limit:
-                raise ImageLoadError(
-                    path,
-                    f"image has {n_pixels:,} pixels, more than the limit of "
-                    f"{limit:,} (a possible decompression bomb). If the file is "
-                    "trusted, raise the limit with the max_image_pixels parameter.",
-                )
-            if min_side is not None and img.format == "JPEG":
-                img.draft(None, _draft_size(img.size, min_side))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
-    except ImageLoadError:
-        raise
-    except Image.DecompressionBombError as exc:  # not an OSError
-        raise ImageLoadError(path, str(exc)) from None
-    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
-        reason = str(exc) or type(exc).__name__
-        raise ImageLoadError(path, f"cannot decode image ({reason})") from None
+    with _decode_errors(path), open(path, "rb") as fp:
+        img = _identify_within_limit(fp, path, max_image_pixels)
+        if min_side is not None and img.format == "JPEG":
+            img.draft(None, _draft_size(img.size, min_side))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return to_rgb(img)

@@ -1,7 +1,10 @@
 """The feature cache gives the same models as no cache, and is really used."""
 
+import errno
 import os
 import shutil
+import stat
+import warnings
 
 import joblib
 import numpy as np
@@ -136,7 +139,7 @@ def test_disk_cache_is_reused_after_memory_is_cleared(
     cache = joblib.Memory(tmp_path, verbose=0) if as_memory else tmp_path
     first = PretrainedCNNClassifier(**tiny_params, cache=cache).fit(X, y)
     assert frozen_calls.take() == len(X)
-    n_files = len(list(DiskFeatureStore(tmp_path).directory.rglob("*.npy")))
+    n_files = len(list(DiskFeatureStore(tmp_path).directory.rglob("*.feat")))
     assert n_files == len(X)
 
     clear_feature_cache()
@@ -243,3 +246,113 @@ def test_cache_max_gb_is_validated(colour_images, tiny_params):
     X, y = colour_images
     with pytest.raises(ValueError, match="'cache_max_gb' parameter"):
         PretrainedCNNClassifier(**tiny_params, cache_max_gb=0).fit(X, y)
+
+
+# -- the key follows the fitted frozen part, not the parameters ----------------
+
+
+def _register(name, build):
+    from sktransfer import BackboneSpec, register_backbone
+
+    register_backbone(
+        BackboneSpec(name=name, family="test", build=build, n_blocks=3, source="test"),
+        overwrite=True,
+    )
+
+
+def test_same_frozen_part_under_another_name_shares_entries(
+    colour_images, tiny_params, frozen_calls
+):
+    from conftest import _build_tiny
+
+    _register("tiny_cnn_alias", _build_tiny)
+    X, y = colour_images
+    PretrainedCNNClassifier(**tiny_params).fit(X, y)
+    assert frozen_calls.take() == len(X)
+    PretrainedCNNClassifier(**dict(tiny_params, backbone="tiny_cnn_alias")).fit(X, y)
+    assert frozen_calls.take() == 0
+
+
+def test_reregistered_architecture_does_not_hit_old_entries(
+    colour_images, tiny_params, frozen_calls, tmp_path
+):
+    from conftest import _build_tiny, _conv_block
+
+    from sktransfer.backbones import BackboneParts
+
+    def wider(weights):
+        parts = _build_tiny(weights)
+        blocks = [_conv_block(3, 8), _conv_block(8, 16), _conv_block(16, 24)]
+        return BackboneParts(blocks, parts.neck, 24, parts.preprocessing, "random")
+
+    X, y = colour_images
+    params = dict(tiny_params, backbone="tiny_swapped", cache=tmp_path)
+    _register("tiny_swapped", _build_tiny)
+    PretrainedCNNClassifier(**params).fit(X, y)
+    frozen_calls.take()
+    _register("tiny_swapped", wider)
+    clear_feature_cache()  # the disk entries must not be served either
+    clf = PretrainedCNNClassifier(**params).fit(X, y)
+    assert frozen_calls.take() == len(X)
+    assert clf.predict_proba(X).shape == (len(X), 2)
+
+
+# -- a cache directory that cannot be written ----------------------------------
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES, errno.EROFS])
+def test_unwritable_cache_directory_warns_once(
+    colour_images, tiny_params, tmp_path, monkeypatch, code
+):
+    from sktransfer import _cache
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(_cache.tempfile, "mkstemp", refuse)
+    X, y = colour_images
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        clf = PretrainedCNNClassifier(**tiny_params, cache=tmp_path).fit(X, y)
+    ours = [w for w in record if "Cannot write the feature cache" in str(w.message)]
+    assert len(ours) == 1
+    assert ours[0].category is UserWarning
+    assert ours[0].filename == __file__
+    assert clf.predict(X).shape == (len(X),)
+    assert len(memory_store()) == len(X)  # the memory store still works
+
+
+def test_read_only_cache_directory_warns_once(colour_images, tiny_params, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only directories")
+    X, y = colour_images
+    os.chmod(tmp_path, 0o500)
+    try:
+        with pytest.warns(UserWarning, match="Cannot write the feature cache") as rec:
+            PretrainedCNNClassifier(**tiny_params, cache=tmp_path).fit(X, y)
+    finally:
+        os.chmod(tmp_path, 0o700)
+    assert len([w for w in rec if "feature cache" in str(w.message)]) == 1
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_disk_entries_follow_the_umask(colour_images, tiny_params, tmp_path, umask):
+    X, y = colour_images
+    old = os.umask(umask)
+    try:
+        some = [0, 1, -2, -1]
+        PretrainedCNNClassifier(**tiny_params, cache=tmp_path).fit(X[some], y[some])
+    finally:
+        os.umask(old)
+    files = list(DiskFeatureStore(tmp_path).directory.rglob("*.feat"))
+    assert files
+    assert {stat.S_IMODE(os.stat(f).st_mode) for f in files} == {0o666 & ~umask}
+
+
+def test_cache_true_is_the_memory_cache(colour_images, tiny_params, frozen_calls):
+    X, y = colour_images
+    PretrainedCNNClassifier(**tiny_params, cache=True).fit(X, y)
+    assert frozen_calls.take() == len(X)
+    assert len(memory_store()) == len(X)
+    PretrainedCNNClassifier(**dict(tiny_params, lr=0.01), cache=True).fit(X, y)
+    assert frozen_calls.take() == 0

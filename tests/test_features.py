@@ -1,5 +1,8 @@
 """Frozen feature extraction: stores, bounds, precision and JPEG draft decoding."""
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -182,3 +185,128 @@ def test_jpeg_draft_decoding_is_within_resize_differences(tmp_path):
     one_grey_level = 1 / 255 / min(prep.std)  # in normalised units
     assert draft_diff <= 2 * yardstick
     assert draft_diff < one_grey_level
+
+
+# -- disk entries that do not check out are misses, then rewritten --------------
+
+
+def _damage(path, kind, frozen_path_row):
+    from sktransfer import _cache
+
+    blob = path.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(blob[: len(blob) - 7])
+    elif kind == "flipped-byte":
+        path.write_bytes(blob[:-3] + bytes([blob[-3] ^ 0xFF]) + blob[-2:])
+    elif kind == "foreign-npy":  # a plain .npy written under our name
+        with open(path, "wb") as f:
+            np.save(f, frozen_path_row.numpy())
+    elif kind == "garbage":
+        path.write_bytes(b"\0" * 100)
+    elif kind == "wrong-dtype":  # a valid-looking entry claiming float64
+        assert b'"dtype": "float32"' in blob
+        path.write_bytes(blob.replace(b'"dtype": "float32"', b'"dtype": "float64"'))
+    else:  # a well-checksummed entry of the right key but the wrong shape
+        model_key, fingerprint = frozen_path_row.model_key, frozen_path_row.fp
+        path.write_bytes(_cache._encode_entry(model_key, fingerprint, torch.ones(3, 2)))
+
+
+class _Row:
+    def __init__(self, tensor, model_key, fp):
+        self.tensor, self.model_key, self.fp = tensor, model_key, fp
+
+    def numpy(self):
+        return self.tensor.numpy()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "flipped-byte", "foreign-npy",
+                                  "garbage", "wrong-dtype", "wrong-shape"])
+def test_damaged_disk_entry_is_a_miss_and_is_rewritten(colour_images, tmp_path, kind):
+    X = colour_images[0][:6]
+    disk = DiskFeatureStore(tmp_path)
+    frozen = CountingConv()
+    first, _ = _extract(frozen, X, stores=[disk])
+    fp = image_fingerprint(X[2])
+    entry = disk._path("key", fp)
+    assert disk.get("key", fp) is not None
+    _damage(entry, kind, _Row(first[2], "key", fp))
+    frozen.n_images = 0
+    again, errors = _extract(frozen, X, stores=[disk])  # no memory store
+    assert errors == []
+    assert frozen.n_images == 1  # only the damaged entry was recomputed
+    torch.testing.assert_close(again, first)
+    torch.testing.assert_close(disk.get("key", fp), first[2])  # rewritten
+
+
+def test_entry_of_another_key_is_refused(colour_images, tmp_path):
+    X = colour_images[0][:1]
+    disk = DiskFeatureStore(tmp_path)
+    _extract(CountingConv(), X, stores=[disk])
+    fp = image_fingerprint(X[0])
+    # An entry copied under another key's name still names its own key.
+    other = disk._path("other", fp)
+    other.parent.mkdir(parents=True, exist_ok=True)
+    other.write_bytes(disk._path("key", fp).read_bytes())
+    assert disk.get("other", fp) is None
+
+
+# -- an image whose content changed is never served stale ----------------------
+
+
+def test_same_size_rewrite_with_restored_mtime_is_a_miss(tmp_path):
+    path = tmp_path / "a.bmp"  # uncompressed: a pixel edit keeps the size
+    arr = np.full((30, 40, 3), 120, dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+    memory = MemoryFeatureStore(1 << 20)
+    frozen = CountingConv()
+    before, _ = _extract(frozen, [str(path)], stores=[memory])
+    st = os.stat(path)
+    arr[:10] = 250
+    Image.fromarray(arr).save(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_size == st.st_size
+    assert os.stat(path).st_mtime_ns == st.st_mtime_ns
+    frozen.n_images = 0
+    after, _ = _extract(frozen, [str(path)], stores=[memory])
+    assert frozen.n_images == 1
+    assert not torch.allclose(before, after)
+
+
+def test_fingerprint_of_a_replaced_file_changes(tmp_path):
+    path, new = tmp_path / "a.png", tmp_path / "b.png"
+    Image.new("RGB", (8, 8)).save(path)
+    Image.new("RGB", (8, 8)).save(new)
+    st = os.stat(path)
+    before = image_fingerprint(path)
+    os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(new, path)  # same size, same mtime, another inode
+    assert image_fingerprint(path) != before
+
+
+# -- the pixel limit and bad files hold on cache hits --------------------------
+
+
+def test_pixel_limit_holds_on_cache_hits(tmp_path):
+    small = make_colour_images(tmp_path / "s", 2, size=(40, 30))[0]
+    big = make_colour_images(tmp_path / "b", 1, size=(80, 60), classes=("red",))[0]
+    paths = np.concatenate([small, big])
+    memory = MemoryFeatureStore(1 << 20)
+    frozen = CountingConv()
+    _extract(frozen, paths, stores=[memory])  # every image cached
+    frozen.n_images = 0
+    _, errors = _extract(frozen, paths, stores=[memory], max_image_pixels=2000)
+    assert frozen.n_images == 0
+    assert [i for i, _ in errors] == [len(paths) - 1]
+    assert "more than the limit of 2,000" in errors[0][1]
+
+
+def test_corrupted_cached_image_is_reported(colour_images, tmp_path):
+    X = [str(tmp_path / f"{i}.png") for i in range(3)]
+    for src, dst in zip(colour_images[0][:3], X):
+        shutil.copy(src, dst)
+    memory = MemoryFeatureStore(1 << 20)
+    _extract(CountingConv(), X, stores=[memory])
+    with open(X[1], "r+b") as f:  # same size, header destroyed
+        f.write(b"\0" * 16)
+    _, errors = _extract(CountingConv(), X, stores=[memory])
+    assert [i for i, _ in errors] == [1]

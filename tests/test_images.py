@@ -351,3 +351,30 @@ def test_predict_in_chunks(with_bad_files, tiny_params, monkeypatch):
     with pytest.raises(BadImagesError) as info:
         clf.predict(X_mixed)
     assert [p for p, _ in info.value.errors] == [X[-3], X[-2], X[-1]]
+
+
+# -- names the OS refuses --------------------------------------------------------
+
+
+def test_nul_byte_in_path_is_a_bad_image(tmp_path):
+    assert "invalid path" in _reason(str(tmp_path / "a\0b.png"))
+
+
+@pytest.mark.parametrize("cache", ["auto", False])
+def test_nul_byte_path_is_reported_with_its_index_and_skipped(
+    tmp_path, tiny_params, cache
+):
+    X, y = make_colour_images(tmp_path, 4)
+    bad = str(tmp_path / "red_\0.png")
+    X = np.insert(X.astype(object), 2, bad)
+    y = np.insert(y, 2, "red")
+    params = dict(tiny_params, max_epochs=1, cache=cache)
+    with pytest.raises(BadImagesError, match="invalid path") as info:
+        PretrainedCNNClassifier(**params).fit(X, y)
+    assert [path for path, _ in info.value.errors] == [bad]
+    with pytest.warns(UserWarning, match="Skipped 1 of 9"):
+        clf = PretrainedCNNClassifier(**params, on_bad_image="skip").fit(X, y)
+    assert [path for path, _ in clf.skipped_images_] == [bad]
+    assert clf.n_train_images_ == 8
+    with pytest.raises(BadImagesError, match="invalid path"):
+        clf.predict(X)

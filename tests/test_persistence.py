@@ -294,3 +294,157 @@ def test_every_torch_load_is_weights_only():
                 calls.append((source.name, node.lineno, ok))
     assert calls, "expected at least the state-dict loader"
     assert all(ok for *_, ok in calls), calls
+
+
+# -- atomic save -----------------------------------------------------------------
+
+_KILLING_SAVER = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import conftest  # registers tiny_cnn
+import joblib
+from sktransfer.io import _safe_format
+
+step, mode, model, path = sys.argv[1:]
+if mode == "fallback":
+    _safe_format._RENAMEAT2 = None  # as on a system without renameat2
+
+def step_reached(name):
+    if name == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+_safe_format._step = step_reached
+joblib.load(model).save(path)
+"""
+
+_STEPS = [("exchange", "written"), ("exchange", "swapped"), ("exchange", "cleaned"),
+          ("fallback", "written"), ("fallback", "aside"), ("fallback", "renamed"),
+          ("fallback", "cleaned"), ("exchange", "none")]
+
+
+@pytest.mark.parametrize("mode, step", _STEPS, ids=[f"{m}-{s}" for m, s in _STEPS])
+def test_save_killed_at_any_step_leaves_old_or_new_model(
+    fitted, colour_images, tiny_params, tmp_path, mode, step
+):
+    import signal
+    import subprocess
+    import sys
+
+    old, X = fitted
+    new = PretrainedCNNClassifier(**dict(tiny_params, lr=0.2)).fit(*colour_images)
+    target = tmp_path / "model"
+    old.save(target)
+    joblib.dump(new, tmp_path / "new.joblib")
+    script = _KILLING_SAVER.format(tests=str(Path(__file__).parent))
+    result = subprocess.run(
+        [sys.executable, "-c", script, step, mode, str(tmp_path / "new.joblib"),
+         str(target)],
+        capture_output=True, text=True, timeout=120,
+    )
+    if step == "none":
+        assert result.returncode == 0, result.stderr
+    else:  # the step was reached: the process really died there
+        assert result.returncode == -signal.SIGKILL, result.stderr
+    loaded = PretrainedCNNClassifier.load(target).predict_proba(X)
+    matches = [np.allclose(loaded, est.predict_proba(X)) for est in (old, new)]
+    assert any(matches)
+    expect_new = step not in ("written", "aside")
+    assert matches[1] == expect_new
+
+
+def test_save_replaces_a_model_and_leaves_no_temporary_folder(fitted, tmp_path):
+    clf, X = fitted
+    clf.save(tmp_path / "m")
+    clf.save(tmp_path / "m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "manifest.json", "model.safetensors"]
+
+
+def test_save_refuses_to_replace_a_folder_that_is_no_model(fitted, tmp_path):
+    clf, _ = fitted
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds other files but no saved model"):
+        clf.save(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+# -- malformed manifests -----------------------------------------------------------
+
+
+def _rewrite_consistently(folder, edit):
+    """Edit the manifest and recompute both checksums, as a careful editor would."""
+    from safetensors.torch import save_file
+
+    from sktransfer.io._safe_format import _canonical_sha256
+
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    weights = folder / "model.safetensors"
+    try:
+        checksum = _canonical_sha256(manifest)
+    except (TypeError, AttributeError):
+        checksum = "0" * 64
+    save_file(load_file(weights), str(weights), metadata={"manifest_sha256": checksum})
+    if isinstance(manifest.get("files"), dict) and isinstance(
+            manifest["files"].get("model.safetensors"), dict):
+        manifest["files"]["model.safetensors"]["sha256"] = file_sha256(weights)
+    path.write_text(json.dumps(manifest))
+
+
+def _set(*keys, value):
+    def edit(m):
+        for key in keys[:-1]:
+            m = m[key]
+        m[keys[-1]] = value
+    return edit
+
+
+def _delete(key):
+    return lambda m: m.pop(key)
+
+
+_MALFORMED = {
+    "no-params": (_delete("params"), "'params' is missing"),
+    "no-backbone": (_delete("backbone"), "'backbone' is missing"),
+    "no-fitted": (_delete("fitted"), "'fitted' is missing"),
+    "no-estimator": (_delete("estimator"), "'estimator' is missing"),
+    "params-list": (_set("params", value=[]), "'params' is a JSON list"),
+    "backbone-str": (_set("backbone", value="tiny_cnn"), "'backbone' is a JSON str"),
+    "included-str": (_set("backbone", "included", value="yes"), "backbone.included"),
+    "other-backbone": (_set("backbone", "name", value="resnet50"),
+                       "does not match the backbone parameter"),
+    "version-str": (_set("format_version", value="1"), "'format_version'"),
+    "version-bool": (_set("format_version", value=True), "'format_version'"),
+    "files-empty": (_set("files", value={}), "files.model.safetensors"),
+    "classes-int": (_set("classes", value={"dtype": "<U5", "values": 3}), "classes"),
+    "tuple-not-list": (_set("tuple_params", value=["lr"]), "tuple_params"),
+    "history-str": (_set("history", value="x"), "'history'"),
+    "skipped-bad": (_set("skipped_images", value=[[1]]), "skipped_images"),
+    "versions-int": (_set("library_versions", value={"torch": 2}), "library_versions"),
+    "unknown-param": (_set("params", "bogus", value=1), "cannot be rebuilt"),
+    "bad-preprocessing": (_set("preprocessing", value={"foo": 1}), "cannot be rebuilt"),
+    "bad-dtype": (_set("classes", "dtype", value="no-such-dtype"), "cannot be rebuilt"),
+    "unknown-backbone": (lambda m: (_set("params", "backbone", value="nope")(m),
+                                    _set("backbone", "name", value="nope")(m)),
+                         "cannot be rebuilt"),
+}
+
+
+@pytest.mark.parametrize("case", list(_MALFORMED))
+def test_malformed_manifest_is_a_model_file_error(fitted, tmp_path, case):
+    edit, message = _MALFORMED[case]
+    clf, _ = fitted
+    out = clf.save(tmp_path / "m")
+    _rewrite_consistently(out, edit)
+    with pytest.raises(ModelFileError, match=message.replace(".", r"\.")):
+        PretrainedCNNClassifier.load(out)
+
+
+def test_deeply_nested_manifest_is_a_model_file_error(fitted, tmp_path):
+    clf, _ = fitted
+    out = clf.save(tmp_path / "m")
+    (out / "manifest.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ModelFileError, match="nests JSON values too deeply"):
+        PretrainedCNNClassifier.load(out)

@@ -3,8 +3,22 @@
 A saved model is a directory holding ``model.safetensors`` (tensors only)
 and ``manifest.json`` (parameters, classes, preprocessing, versions and
 checksums). Loading parses JSON and safetensors, never unpickles, so a file
-from an untrusted source cannot run code; checksums catch files that were
-edited or swapped after saving.
+from an untrusted source cannot run code.
+
+The checksums (the weights file's SHA-256 in the manifest, the manifest's in
+the weights file) catch accidental damage and mismatched files: a truncated
+copy, a flipped bit, a weights file from another save, a manifest edited by
+hand. They are not a signature: anyone who edits the files and recomputes
+both checksums gets a model that loads. Trust a model directory as much as
+its source. The manifest's structure is checked before anything is built
+from it, so a malformed one is a :class:`ModelFileError` naming the problem.
+
+Saving is atomic: the new model is written and fsynced in a temporary
+sibling directory, then swapped into place (one ``renameat2`` exchange on
+Linux; elsewhere rename the old one aside, rename the new one in), and the
+parent directory is fsynced. A process killed at any point leaves the old
+model or the new one loadable at ``path``; in the fallback's one gap between
+the two renames, :func:`load_model` reads the old model from its aside name.
 
 With ``include_backbone=False`` only the trained suffix is stored, with a
 reference to the frozen backbone (its name, weights identity and a SHA-256
@@ -12,9 +26,15 @@ of its tensors); loading rebuilds the backbone from its weights and checks
 the tensors match.
 """
 
+import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import shutil
+import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +42,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from skorch.history import History
 
+from .._cache import current_umask
 from .._runtime import seeded
 from .._transforms import Preprocessing
 from ..backbones._weights import file_sha256
@@ -158,6 +179,14 @@ def save_model(est, path, *, include_backbone=True):
             f"Cannot save to {str(path)!r}: it is a file. The safe format is a "
             "directory; pass a new or existing directory path."
         )
+    if (path.is_dir() and not (path / MANIFEST_FILE).is_file()
+            and any(path.iterdir())):
+        raise ValueError(
+            f"Cannot save to {str(path)!r}: it is a directory that holds other "
+            "files but no saved model, and saving replaces the whole "
+            "directory. Pass a new path, an empty directory or a model saved "
+            "before."
+        )
     if not include_backbone and est.weights_id_ == "random" and est.torch_seed_ is None:
         raise ValueError(
             "include_backbone=False needs a backbone that can be rebuilt: this "
@@ -196,15 +225,117 @@ def save_model(est, path, *, include_backbone=True):
         },
         "library_versions": library_versions(),
     }
-    path.mkdir(parents=True, exist_ok=True)
-    weights_path = path / WEIGHTS_FILE
     cpu = {k: v.contiguous() for k, v in tensors.items()}
-    # The weights file carries the manifest's checksum and the manifest the
-    # weights file's, so neither can be edited or swapped alone.
-    save_file(cpu, str(weights_path),
-              metadata={"manifest_sha256": _canonical_sha256(manifest)})
-    manifest["files"] = {WEIGHTS_FILE: {"sha256": file_sha256(weights_path)}}
-    (path / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.saving-"))
+    try:
+        # mkdtemp's 0700 is not the user's choice; the umask is.
+        os.chmod(tmp, 0o777 & ~current_umask())
+        weights_path = tmp / WEIGHTS_FILE
+        # The weights file carries the manifest's checksum and the manifest
+        # the weights file's, so a file from another save is refused.
+        save_file(cpu, str(weights_path),
+                  metadata={"manifest_sha256": _canonical_sha256(manifest)})
+        _fsync_path(weights_path)
+        manifest["files"] = {WEIGHTS_FILE: {"sha256": file_sha256(weights_path)}}
+        _write_synced(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+        _fsync_path(tmp)
+        _step("written")
+        _swap_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _step(name):
+    """Called between the steps of a save; tests kill the process here."""
+
+
+def _fsync_path(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path, text):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _exchange_function():
+    """libc's ``renameat2``, or None where there is none (not Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                         ctypes.c_char_p, ctypes.c_uint]
+    return function
+
+
+_RENAMEAT2 = _exchange_function()
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a, b):
+    """Swap two paths atomically; False where the system cannot."""
+    if _RENAMEAT2 is None:
+        return False
+    result = _RENAMEAT2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b),
+                        _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False  # e.g. a file system without RENAME_EXCHANGE
+    raise OSError(code, os.strerror(code), os.fspath(b))
+
+
+def _aside_prefix(path):
+    return f".{path.name}.old-"
+
+
+def _swap_into_place(tmp, path):
+    """Make the complete directory ``tmp`` the model at ``path``."""
+    parent = path.parent
+    if not path.exists():
+        os.rename(tmp, path)
+        _step("renamed")
+        _fsync_path(parent)
+        return
+    if _exchange(tmp, path):
+        _step("swapped")
+        _fsync_path(parent)
+        shutil.rmtree(tmp, ignore_errors=True)  # now the old model
+        _step("cleaned")
+        return
+    old = parent / f"{_aside_prefix(path)}{uuid.uuid4().hex}"
+    os.rename(path, old)
+    _step("aside")
+    os.rename(tmp, path)
+    _step("renamed")
+    _fsync_path(parent)
+    shutil.rmtree(old, ignore_errors=True)
+    _step("cleaned")
+
+
+def _model_directory(path):
+    """``path``, or the old model left aside by a save killed mid-swap."""
+    if (path / MANIFEST_FILE).is_file() or not path.parent.is_dir():
+        return path
+    prefix = _aside_prefix(path)
+    with contextlib.suppress(OSError):
+        aside = [p for p in path.parent.iterdir()
+                 if p.name.startswith(prefix) and (p / MANIFEST_FILE).is_file()]
+        if len(aside) == 1:
+            return aside[0]
     return path
 
 
@@ -216,23 +347,105 @@ def _read_manifest(path):
             "by save(); models pickled with joblib load with joblib.load."
         )
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelFileError(
             f"{str(manifest_path)!r} is not valid JSON: {exc}"
+        ) from None
+    except RecursionError:
+        raise ModelFileError(
+            f"{str(manifest_path)!r} nests JSON values too deeply to be a "
+            "model manifest."
         ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ModelFileError(
             f"{str(manifest_path)!r} is not an sktransfer model manifest (no "
             f"format={FORMAT!r})."
         )
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if type(version) is int and version > FORMAT_VERSION:
         raise ModelFileError(
             f"{str(manifest_path)!r} has format version "
             f"{manifest['format_version']}, newer than this sktransfer reads "
             f"({FORMAT_VERSION}); upgrade sktransfer."
         )
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise ModelFileError(
+            f"{str(manifest_path)!r} is not a well-formed model manifest: "
+            f"{problem}. Save the model again."
+        )
     return manifest
+
+
+def _type_name(value):
+    return "null" if value is None else type(value).__name__
+
+
+# entry -> (type, required); a type of None means JSON null is allowed too.
+_MANIFEST_ENTRIES = {
+    "format": (str, True),
+    "format_version": (int, True),
+    "estimator": (str, True),
+    "params": (dict, True),
+    "params_not_saved": (list, True),
+    "tuple_params": (list, True),
+    "fitted": (dict, True),
+    "backbone": (dict, True),
+    "library_versions": (dict, True),
+    "files": (dict, True),
+    "classes": (dict, False),
+    "skipped_images": (list, False),
+    "history": ((list, type(None)), False),
+    "preprocessing": (dict, False),
+}
+_BACKBONE_ENTRIES = {"name": str, "weights_id": str, "included": bool,
+                     "frozen_sha256": str}
+
+
+def _is(value, kind):
+    if kind is int:  # JSON true/false are bools, which Python counts as ints
+        return type(value) is int
+    return isinstance(value, kind)
+
+
+def _manifest_problem(m):
+    """What is structurally wrong with manifest ``m``, or None."""
+    for key, (kind, required) in _MANIFEST_ENTRIES.items():
+        if key not in m:
+            if required:
+                return f"the entry {key!r} is missing"
+            continue
+        if not _is(m[key], kind):
+            return f"{key!r} is a JSON {_type_name(m[key])}, not the expected type"
+    backbone = m["backbone"]
+    for key, kind in _BACKBONE_ENTRIES.items():
+        if not _is(backbone.get(key), kind):
+            return f"backbone.{key} is missing or of the wrong type"
+    if m["params"].get("backbone") != backbone["name"]:
+        return (f"backbone.name {backbone['name']!r} does not match the "
+                f"backbone parameter {m['params'].get('backbone')!r}")
+    entry = m["files"].get(WEIGHTS_FILE)
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        return f"files.{WEIGHTS_FILE}.sha256 is missing or not a string"
+    for name in m["tuple_params"]:
+        if not isinstance(name, str) or not isinstance(m["params"].get(name), list):
+            return f"tuple_params names {name!r}, which is not a list parameter"
+    if not all(isinstance(k, str) and isinstance(v, str)
+               for k, v in m["library_versions"].items()):
+        return "library_versions must map names to version strings"
+    classes = m.get("classes")
+    if classes is not None and not (isinstance(classes.get("dtype"), str)
+                                    and isinstance(classes.get("values"), list)):
+        return "classes needs a dtype string and a list of values"
+    for pair in m.get("skipped_images", []):
+        if not (isinstance(pair, list) and len(pair) == 2
+                and all(isinstance(v, str) for v in pair)):
+            return "skipped_images must be [path, reason] pairs of strings"
+    if (m.get("history") is not None
+            and not all(isinstance(epoch, dict) for epoch in m["history"])):
+        return "history must be a list of epochs (JSON objects)"
+    return None
 
 
 def _read_tensors(path, manifest):
@@ -269,14 +482,36 @@ def _read_tensors(path, manifest):
 
 
 def load_model(cls, path):
-    """Rebuild a classifier saved by :func:`save_model`; unpickles nothing."""
-    path = Path(path)
+    """Rebuild a classifier saved by :func:`save_model`; unpickles nothing.
+
+    Raises
+    ------
+    ModelFileError
+        For a missing, damaged, mismatched or malformed model directory,
+        naming the problem.
+    """
+    path = _model_directory(Path(path))
     manifest = _read_manifest(path)
     if manifest["estimator"] != cls.__name__:
         raise ModelFileError(
             f"{str(path)!r} holds a {manifest['estimator']}, not a {cls.__name__}."
         )
     tensors = _read_tensors(path, manifest)
+    try:
+        return _build(cls, path, manifest, tensors)
+    except ModelFileError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError, RuntimeError,
+            RecursionError) as exc:
+        # Well-formed and with matching checksums, yet unusable: e.g. written
+        # by hand, or by another version that stored other values.
+        raise ModelFileError(
+            f"{str(path)!r} cannot be rebuilt into a {cls.__name__}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _build(cls, path, manifest, tensors):
     warn_on_version_change(manifest["library_versions"], f"The model in {str(path)!r}")
     params = dict(manifest["params"])
     for name in manifest.get("tuple_params", []):
