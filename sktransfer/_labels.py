@@ -59,8 +59,42 @@ def class_loss_weights(class_weight, classes, y):
     """Per-class weights for the loss as a float tensor, or None."""
     if class_weight is None:
         return None
+    if isinstance(class_weight, dict):
+        _check_class_weight_dict(class_weight, classes)
     weights = compute_class_weight(class_weight, classes=classes, y=y)
     return torch.as_tensor(weights, dtype=torch.float32)
+
+
+def _check_class_weight_dict(class_weight, classes):
+    """Reject keys that are not classes and weights that are not finite >= 0."""
+    known = set(classes.tolist())
+    unknown = [k for k in class_weight if k not in known]
+    if unknown:
+        raise ValueError(
+            f"class_weight has keys {unknown!r} that are not classes of y; "
+            f"the classes are {classes.tolist()!r}. Use those labels, with "
+            "their type (1 and '1' differ), as the keys."
+        )
+    bad = {}
+    for key, value in class_weight.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            bad[key] = value
+            continue
+        if not np.isfinite(number) or number < 0:
+            bad[key] = value
+    if bad:
+        raise ValueError(
+            f"class_weight must map classes to finite weights >= 0; got {bad!r}. "
+            "Give every class a non-negative number (0 ignores the class, 1 is "
+            "the default), or use class_weight='balanced'."
+        )
+    if all(float(class_weight.get(c, 1.0)) == 0 for c in known):
+        raise ValueError(
+            "class_weight is 0 for every class, which leaves nothing to learn "
+            "from; give at least one class a positive weight."
+        )
 
 
 def normalized_sample_weight(sample_weight, train_idx):

@@ -106,7 +106,8 @@ def test_empty_class_folders_are_named_in_the_error(folder):
     (folder / "fish").mkdir()
     (folder / "fish" / "readme.md").write_text("")
     with pytest.raises(ValueError, match="'bird', 'fish'.*no image files"):
-        load_image_folder(folder)
+        with pytest.warns(UserWarning, match="fish/readme.md"):
+            load_image_folder(folder)
 
 
 def test_bundled_emoji_dataset():
@@ -123,3 +124,117 @@ def test_bundled_emoji_dataset():
     with Image.open(paths[0]) as img:
         assert img.size == (64, 64) and img.mode == "RGBA"
     assert (emoji_folder().parent / "emoji_LICENSE-Apache-2.0.txt").is_file()
+
+
+# -- symbolic links -------------------------------------------------------
+
+needs_symlinks = pytest.mark.skipif(
+    not hasattr(os, "symlink") or os.name == "nt", reason="needs POSIX symlinks"
+)
+
+
+def _load_quiet(root):
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        paths, labels = load_image_folder(root)
+    rel = [os.path.relpath(p, root) for p in paths]
+    return rel, labels.tolist(), " ".join(str(w.message) for w in rec)
+
+
+@needs_symlinks
+def test_a_folder_link_that_loops_is_walked_once(folder):
+    os.symlink(folder / "dog", folder / "dog" / "sub" / "loop")  # dog/sub/loop -> dog
+    os.symlink(folder / "cat", folder / "cat" / "self")  # cat/self -> cat
+    rel, labels, message = _load_quiet(folder)
+    assert len(rel) == 5 and len(set(rel)) == 5
+    assert labels == ["cat", "cat", "dog", "dog", "dog"]
+    assert "already listed" in message and "loop" in message
+
+
+@needs_symlinks
+def test_a_link_into_another_class_keeps_the_file_where_it_lives(folder):
+    os.symlink(folder / "dog" / "b.png", folder / "cat" / "b_link.png")
+    os.symlink(folder / "dog" / "sub", folder / "cat" / "dogs")  # a folder
+    rel, labels, message = _load_quiet(folder)
+    assert dict(zip(rel, labels)) == {
+        os.path.join("cat", "y.webp"): "cat",
+        os.path.join("cat", "z.png"): "cat",
+        os.path.join("dog", "a.JPG"): "dog",
+        os.path.join("dog", "b.png"): "dog",
+        os.path.join("dog", "sub", "c.png"): "dog",
+    }
+    assert "b_link.png (a link into class 'dog'" in message
+    assert os.path.join("cat", "dogs", "c.png") in message
+
+
+@needs_symlinks
+def test_a_link_beside_its_file_lists_the_file_once(folder):
+    os.symlink(folder / "cat" / "z.png", folder / "cat" / "a_link.png")
+    rel, labels, message = _load_quiet(folder)
+    assert rel.count(os.path.join("cat", "z.png")) == 1
+    assert os.path.join("cat", "a_link.png") not in rel and len(rel) == 5
+    assert "a_link.png (the same file as" in message
+
+
+@needs_symlinks
+def test_links_into_a_shared_pool_take_the_class_of_the_link(tmp_path):
+    pool, data = tmp_path / "pool", tmp_path / "data"
+    for name in ["1.png", "2.png", "3.png"]:
+        _png(pool / name)
+    (data / "cat").mkdir(parents=True)
+    (data / "dog").mkdir()
+    os.symlink(pool / "1.png", data / "cat" / "1.png")
+    os.symlink(pool / "2.png", data / "dog" / "2.png")
+    os.symlink(pool / "3.png", data / "cat" / "3.png")
+    os.symlink(pool / "3.png", data / "dog" / "3.png")  # two labels: left out
+    rel, labels, message = _load_quiet(data)
+    assert list(zip(rel, labels)) == [
+        (os.path.join("cat", "1.png"), "cat"),
+        (os.path.join("dog", "2.png"), "dog"),
+    ]
+    assert "linked from classes 'cat', 'dog'" in message
+
+
+@needs_symlinks
+def test_broken_links_and_twin_class_folders(tmp_path):
+    _png(tmp_path / "data" / "cat" / "1.png")
+    os.symlink(tmp_path / "gone.png", tmp_path / "data" / "cat" / "2.png")
+    rel, _, message = _load_quiet(tmp_path / "data")
+    assert rel == [os.path.join("cat", "1.png")]
+    assert "2.png (a link to nothing)" in message
+    os.symlink(tmp_path / "data" / "cat", tmp_path / "data" / "kitten")
+    with pytest.raises(ValueError, match="'cat' and 'kitten' .* the same folder"):
+        load_image_folder(tmp_path / "data")
+
+
+# -- the walker the command line shares ------------------------------------
+
+def test_list_images_skips_what_load_image_folder_skips(folder):
+    from sktransfer._folder import list_images
+
+    _png(folder / "dog" / ".hidden" / "x.png")
+    (folder / "dog" / "notes.txt").write_text("")
+    one = str(folder / "cat" / "z.png")
+    with pytest.warns(UserWarning, match="Skipped 2 hidden or non-image") as rec:
+        paths = list_images([folder / "dog", one])
+    assert ".hidden" in str(rec[0].message) and "notes.txt" in str(rec[0].message)
+    assert [os.path.relpath(p, folder) for p in paths] == [
+        os.path.join("dog", "a.JPG"), os.path.join("dog", "b.png"),
+        os.path.join("dog", "sub", "c.png"), os.path.join("cat", "z.png"),
+    ]
+    with pytest.raises(ValueError, match="does not exist"):
+        list_images([folder / "nope"])
+    (folder / "empty").mkdir()
+    with pytest.raises(ValueError, match="contains no image files"):
+        list_images([folder / "empty"])
+
+
+@needs_symlinks
+def test_list_images_lists_a_linked_file_once(folder):
+    from sktransfer._folder import list_images
+
+    os.symlink(folder / "dog", folder / "cat" / "dog_again")
+    with pytest.warns(UserWarning, match="symbolic link"):
+        paths = list_images([folder / "dog", folder / "cat"])
+    assert len(paths) == 5
+    assert len({os.path.realpath(p) for p in paths}) == 5

@@ -124,6 +124,37 @@ def test_class_weight_dict(colour_images, tiny_params):
     np.testing.assert_allclose(record.weight_.numpy(), [1.0, 3.0])
 
 
+@pytest.mark.parametrize(
+    "class_weight, fragments",
+    [({"red": -1.0, "green": 1.0}, ["{'red': -1.0}", "finite weights >= 0"]),
+     ({"red": float("nan")}, ["{'red': nan}", "non-negative number"]),
+     ({"red": 1.0, "green": float("inf")}, ["{'green': inf}"]),
+     ({"red": "heavy"}, ["{'red': 'heavy'}"]),
+     ({"red": 1.0, "blue": 2.0}, ["['blue']", "not classes of y",
+                                  "['green', 'red']"]),
+     ({"red": 0, "green": 0.0}, ["0 for every class"])],
+)
+def test_class_weight_dict_with_bad_entries(colour_images, tiny_params,
+                                            class_weight, fragments):
+    X, y = colour_images
+    clf = PretrainedCNNClassifier(**tiny_params, class_weight=class_weight)
+    with pytest.raises(ValueError) as exc:
+        clf.fit(X, y)
+    for fragment in fragments:
+        assert fragment in str(exc.value)
+
+
+def test_class_weight_dict_keys_keep_their_type(colour_images, tiny_params):
+    X, y = colour_images
+    y = _relabel(y, {"red": 1, "green": 0})
+    with pytest.raises(ValueError, match=r"\['1'\] that are not classes"):
+        PretrainedCNNClassifier(**tiny_params, class_weight={"1": 2.0}).fit(X, y)
+    record = _RecordCriterion()
+    PretrainedCNNClassifier(**tiny_params, class_weight={1: 2.0, 0: 0.0},
+                            net_params={"callbacks": [record]}).fit(X, y)
+    np.testing.assert_allclose(record.weight_.numpy(), [0.0, 2.0])
+
+
 def test_predictions_stay_inside_classes(colour_images, three_class_images,
                                          tiny_params):
     X, y = colour_images
