@@ -194,6 +194,13 @@ def _git_commit():
         return "unknown"
 
 
+def _load_average():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def machine():
     import sklearn
     import torch
@@ -219,6 +226,8 @@ def machine():
         "sktransfer": sktransfer.__version__,
         "sktransfer_commit": _git_commit(),
         "backbone": BACKBONE,
+        # Other work on the machine slows fits several-fold: record it.
+        "load_average_start": _load_average(),
     }
 
 
@@ -267,6 +276,7 @@ def main(argv=None):
         run_dataset(name, sets, args.rows, results, args.quick)
     results["checks"] = check_targets(results)
     results["total_s"] = time.perf_counter() - start
+    results["machine"]["load_average_end"] = _load_average()
     folds_note = "1 fold (--quick)" if args.quick else f"{N_FOLDS}-fold"
     print(f"\n{BACKBONE}, {folds_note} StratifiedKFold(shuffle=True, "
           f"random_state={SEED}); mean ± std over folds\n")
@@ -278,7 +288,9 @@ def main(argv=None):
             print(f"\n{name}, best parameters per fold: {row['best_params']}")
         if row.get("warnings"):
             print(f"\n{name}, warnings: " + "; ".join(row["warnings"]))
-    print(f"\ntotal {results['total_s'] / 60:.1f} min")
+    print(f"\ntotal {results['total_s'] / 60:.1f} min; load average (1, 5, 15 min) "
+          f"{results['machine']['load_average_start']} at the start, "
+          f"{results['machine']['load_average_end']} at the end")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
