@@ -44,7 +44,8 @@ def test_fit_prints_progress(tmp_path, capfd):
     out, err = capfd.readouterr()
     assert "Found 6 images in 2 classes: green, red" in err
     assert "train_loss" in out  # the epoch table
-    assert f"Saved the model to {tmp_path / 'm'}: manifest.json, model.safetensors" in err
+    written = "manifest.json, model.safetensors"
+    assert f"Saved the model to {tmp_path / 'm'}: {written}" in err
 
 
 def test_predict_csv(fitted, capsys):
