@@ -1,15 +1,19 @@
 """The ``sktransfer`` command: fit, predict, evaluate and list backbones.
 
-Every sub-command is a thin layer over the public API; mistakes in the input
-(a missing folder, an unknown backbone, a bad image) end with one line on
-stderr and a non-zero exit status rather than a traceback.
+Every sub-command is a thin layer over the public API, and the options of
+``fit`` carry the names and defaults of ``PretrainedCNNClassifier``'s
+parameters. Mistakes in the input (a missing folder, an unknown backbone or
+device, a bad image, weights that cannot be downloaded, a full disk) end with
+one line on stderr and a non-zero exit status rather than a traceback.
 """
 
 import argparse
 import csv
+import errno
 import io
 import json
 import os
+import shutil
 import sys
 import warnings
 
@@ -21,9 +25,57 @@ class CLIError(Exception):
 
 # -- models on disk -------------------------------------------------------
 
+def _snapshot(folder):
+    """``{name: (inode, size, mtime)}`` of the files directly in ``folder``."""
+    if not os.path.isdir(folder):
+        return {}
+    return {
+        entry.name: (st.st_ino, st.st_size, st.st_mtime_ns)
+        for entry in os.scandir(folder)
+        if entry.is_file() and (st := entry.stat())
+    }
+
+
+def check_out_folder(folder, force):
+    """Refuse, before any training, an ``--out`` that holds other files."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise CLIError(
+            f"--out {folder!r} is a file; the model is saved as a folder. "
+            "Choose a new folder."
+        )
+    if os.path.isdir(folder) and any(os.scandir(folder)) and not force:
+        raise CLIError(
+            f"--out folder {folder!r} is not empty. Choose a new or empty "
+            "folder, or pass --force to write the model into it (files of "
+            "the same name are replaced)."
+        )
+
+
 def save_model(clf, folder):
-    """Write a fitted classifier into ``folder`` in the pickle-free format."""
-    clf.save(folder)
+    """Write a fitted classifier into ``folder`` in the pickle-free format.
+
+    Returns the names of the files written. A folder this call created is
+    removed again if saving fails, so no half-written model is left behind.
+    """
+    created = not os.path.exists(folder)
+    before = _snapshot(folder)
+    try:
+        clf.save(folder)
+    except OSError as exc:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        left = ("nothing was left there" if created else
+                "the folder may hold a partly written model")
+        if exc.errno == errno.ENOSPC:
+            raise CLIError(
+                f"No space left on the device to save the model to {folder!r}; "
+                f"{left}. Free some space or pass another --out."
+            ) from exc
+        raise CLIError(
+            f"Could not save the model to {folder!r} ({exc}); {left}."
+        ) from exc
+    after = _snapshot(folder)
+    return sorted(name for name, info in after.items() if before.get(name) != info)
 
 
 def load_model(folder):
@@ -47,30 +99,52 @@ def _load_folder(folder):
 
 
 def _collect_images(items):
-    """Files as given; folders expanded to their image files, recursively."""
-    from ._folder import IMAGE_EXTENSIONS
+    """Files as given; folders expanded to their image files, recursively,
+    by the walker that ``load_image_folder`` uses (the same skipped files)."""
+    from ._folder import list_images
 
-    paths = []
-    for item in items:
-        if os.path.isdir(item):
-            found = sorted(
-                os.path.join(dirpath, name)
-                for dirpath, dirnames, names in os.walk(item)
-                for name in names
-                if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-            )
-            if not found:
-                raise CLIError(f"Folder {item!r} contains no image files.")
-            paths += found
-        elif os.path.exists(item):
-            paths.append(item)
-        else:
-            raise CLIError(f"Image or folder {item!r} does not exist.")
-    return paths
+    return list_images(items)
+
+
+def _path(value):
+    """A path argument with ``~`` expanded, as a shell does only at a word's start."""
+    return os.path.expanduser(value)
 
 
 def _weights(value):
-    return None if value.lower() == "none" else value
+    return None if value.lower() == "none" else os.path.expanduser(value)
+
+
+def check_device(value):
+    """Fail early, in one line, on a device this machine does not have."""
+    if value == "auto":
+        return
+    import torch
+
+    hint = "Use auto, cpu, cuda or cuda:N (see torch.device)."
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise CLIError(f"Unknown device {value!r}. {hint}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(
+                f"Device {value!r} is not available: no CUDA device is usable "
+                "on this machine. Pass --device cpu (or auto)."
+            )
+        n = torch.cuda.device_count()
+        if device.index is not None and device.index >= n:
+            raise CLIError(
+                f"Device {value!r} is not available: this machine has {n} CUDA "
+                f"device{'' if n == 1 else 's'} (cuda:0 to cuda:{n - 1})."
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise CLIError(
+            f"Device {value!r} is not available on this machine. Pass --device "
+            "cpu (or auto)."
+        )
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise CLIError(f"Unsupported device {value!r}. {hint}")
 
 
 def _unfreeze(value):
@@ -103,7 +177,10 @@ def cmd_backbones(args):
 def cmd_fit(args):
     from . import PretrainedCNNClassifier, get_backbone
 
-    get_backbone(args.backbone)  # an unknown name fails before any work
+    # Mistakes that need no data fail before any work.
+    get_backbone(args.backbone)
+    check_device(args.device)
+    check_out_folder(args.out, args.force)
     paths, labels = _load_folder(args.data_dir)
     classes = sorted(set(labels))
     _say(args, f"Found {len(paths)} images in {len(classes)} classes: "
@@ -112,23 +189,30 @@ def cmd_fit(args):
         backbone=args.backbone,
         weights=_weights(args.weights),
         unfreeze=args.unfreeze,
-        max_epochs=args.epochs,
+        max_epochs=args.max_epochs,
         lr=args.lr,
         batch_size=args.batch_size,
         image_size=args.image_size,
-        validation_fraction=args.validation_fraction,
         augment=args.augment,
+        early_stopping=args.early_stopping,
+        validation_fraction=args.validation_fraction,
+        n_iter_no_change=args.n_iter_no_change,
+        class_weight=args.class_weight,
+        precision=args.precision,
         device=args.device,
         cache=args.cache or "auto",
         on_bad_image=args.on_bad_image,
-        random_state=args.seed,
+        random_state=args.random_state,
         verbose=0 if args.quiet else 1,
     )
+    stopping = (f", early stopping on {args.validation_fraction:g} of the images"
+                if args.early_stopping else "")
     _say(args, f"Training {args.backbone} (weights={args.weights}, "
-               f"unfreeze={args.unfreeze}) for {args.epochs} epochs")
+               f"unfreeze={args.unfreeze}) for up to {args.max_epochs} epochs"
+               f"{stopping}")
     clf.fit(paths, labels)
-    save_model(clf, args.out)
-    _say(args, f"Saved the model to {args.out}")
+    written = save_model(clf, args.out)
+    _say(args, f"Saved the model to {args.out}: {', '.join(written)}")
     return 0
 
 
@@ -171,10 +255,13 @@ def cmd_predict(args):
     _say(args, f"Predicting {len(paths)} images with {args.model_dir}")
     clf.set_params(verbose=0 if args.quiet else 1)
     _write_predictions(args, paths, clf)
+    if args.output:
+        _say(args, f"Wrote the predictions to {args.output}")
     return 0
 
 
 def cmd_evaluate(args):
+    import numpy as np
     from sklearn.metrics import accuracy_score, classification_report
 
     clf = load_model(args.model_dir)
@@ -185,11 +272,16 @@ def cmd_evaluate(args):
             f"Class folder(s) {unknown} in {args.data_dir!r} are not classes of "
             f"the model ({[str(c) for c in clf.classes_]})."
         )
+    # Folder names are strings; the model's classes keep the type they were
+    # fitted with (0 and 1, say), so compare in the model's labels.
+    as_class = {str(c): c for c in clf.classes_}
+    labels = np.array([as_class[label] for label in labels], dtype=clf.classes_.dtype)
     _say(args, f"Evaluating on {len(paths)} images")
     clf.set_params(verbose=0 if args.quiet else 1)
     predicted = clf.predict(paths)
     print(f"accuracy: {accuracy_score(labels, predicted):.4f}")
     print(classification_report(labels, predicted, labels=clf.classes_,
+                                target_names=[str(c) for c in clf.classes_],
                                 zero_division=0))
     if args.confusion_matrix:
         from ._plotting import save_confusion_matrix
@@ -220,9 +312,11 @@ def build_parser():
         description="Train on DATA_DIR, which holds one sub-folder of images "
                     "per class, and save the model to --out.",
     )
-    fit.add_argument("data_dir", metavar="DATA_DIR")
-    fit.add_argument("--out", required=True, metavar="MODEL_DIR",
-                     help="folder to save the model in")
+    fit.add_argument("data_dir", metavar="DATA_DIR", type=_path)
+    fit.add_argument("--out", required=True, metavar="MODEL_DIR", type=_path,
+                     help="new or empty folder to save the model in")
+    fit.add_argument("--force", action="store_true",
+                     help="write the model into a --out folder that is not empty")
     fit.add_argument("--backbone", default="resnet50",
                      help="see `sktransfer backbones` (default: resnet50)")
     fit.add_argument("--weights", default="DEFAULT",
@@ -230,21 +324,36 @@ def build_parser():
                           "for random initialisation (default: DEFAULT)")
     fit.add_argument("--unfreeze", type=_unfreeze, default=0, metavar="K",
                      help="last backbone blocks to train, or 'all' (default: 0)")
-    fit.add_argument("--epochs", type=int, default=10, help="(default: 10)")
+    fit.add_argument("--max-epochs", type=int, default=10,
+                     help="passes over the data (default: 10)")
     fit.add_argument("--lr", type=float, default=1e-3, help="(default: 0.001)")
     fit.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
     fit.add_argument("--image-size", type=int, default=None,
                      help="crop side in pixels (default: that of the weights)")
-    fit.add_argument("--validation-fraction", type=float, default=None,
-                     help="hold out this fraction to report validation scores")
     fit.add_argument("--augment", action="store_true",
                      help="random crops and flips while training")
+    fit.add_argument("--class-weight", choices=["balanced"], default=None,
+                     help="weigh classes inversely to their frequency "
+                          "(default: every class weighs 1)")
+    fit.add_argument("--early-stopping", action="store_true",
+                     help="hold out --validation-fraction of the images and stop "
+                          "when the validation loss stops improving")
+    fit.add_argument("--validation-fraction", type=float, default=0.1,
+                     help="with --early-stopping, the fraction held out "
+                          "(default: 0.1)")
+    fit.add_argument("--n-iter-no-change", type=int, default=5,
+                     help="with --early-stopping, epochs without improvement "
+                          "before stopping (default: 5)")
+    fit.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                     default="auto",
+                     help="of the frozen backbone's forward passes (default: auto)")
     fit.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    fit.add_argument("--cache", default=None, metavar="DIR",
+    fit.add_argument("--cache", default=None, metavar="DIR", type=_path,
                      help="also cache backbone features on disk in DIR")
     fit.add_argument("--on-bad-image", choices=["raise", "skip"], default="raise",
                      help="stop at unusable image files, or skip them")
-    fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    fit.add_argument("--random-state", type=int, default=None,
+                     help="seed, for runs that repeat (default: none)")
     fit.set_defaults(run=cmd_fit)
 
     predict = sub.add_parser(
@@ -252,12 +361,12 @@ def build_parser():
         description="Predict the class of image files and of the images in "
                     "folders (searched recursively).",
     )
-    predict.add_argument("model_dir", metavar="MODEL_DIR")
-    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    predict.add_argument("model_dir", metavar="MODEL_DIR", type=_path)
+    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", type=_path)
     predict.add_argument("--proba", action="store_true",
                          help="also print the probability of every class")
     predict.add_argument("--format", choices=["csv", "json"], default="csv")
-    predict.add_argument("--output", metavar="FILE",
+    predict.add_argument("--output", metavar="FILE", type=_path,
                          help="write to FILE instead of standard output")
     predict.set_defaults(run=cmd_predict)
 
@@ -266,9 +375,9 @@ def build_parser():
         description="Accuracy and per-class report on DATA_DIR (one sub-folder "
                     "per class).",
     )
-    evaluate.add_argument("model_dir", metavar="MODEL_DIR")
-    evaluate.add_argument("data_dir", metavar="DATA_DIR")
-    evaluate.add_argument("--confusion-matrix", metavar="FILE.png",
+    evaluate.add_argument("model_dir", metavar="MODEL_DIR", type=_path)
+    evaluate.add_argument("data_dir", metavar="DATA_DIR", type=_path)
+    evaluate.add_argument("--confusion-matrix", metavar="FILE.png", type=_path,
                           help="save a confusion-matrix plot (needs matplotlib)")
     evaluate.set_defaults(run=cmd_evaluate)
 
@@ -315,7 +424,10 @@ def main(argv=None):
         except KeyboardInterrupt:
             print("sktransfer: interrupted", file=sys.stderr)
             return 130
-        except (CLIError, ValueError, TypeError, OSError, ImportError) as exc:
+        # RuntimeError: what the library raises for weights that cannot be
+        # downloaded or read, and torch for a device it cannot use.
+        except (CLIError, ValueError, TypeError, OSError, ImportError,
+                RuntimeError) as exc:
             print(f"sktransfer: error: {_one_line(exc)}", file=sys.stderr)
             return 1
 
