@@ -98,8 +98,12 @@ def three_class_images(tmp_path_factory):
 
 @pytest.fixture
 def tiny_params():
-    """Parameters for a fast, deterministic fit of the tiny backbone."""
+    """Parameters for a fast, deterministic fit of the tiny backbone.
+
+    The head trains in the epoch loop, which most tests are about; the
+    L-BFGS head fit has tests of its own (test_probe.py).
+    """
     return dict(
         backbone="tiny_cnn", weights=None, max_epochs=3, lr=0.05, batch_size=8,
-        random_state=0, device="cpu", num_workers=0,
+        random_state=0, device="cpu", num_workers=0, head_solver="epochs",
     )

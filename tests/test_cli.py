@@ -11,8 +11,10 @@ from conftest import make_colour_images
 
 from sktransfer._cli import main
 
+# unfreeze=1, so that epochs run (a frozen head is fitted by L-BFGS instead).
 FIT = ["--backbone", "tiny_cnn", "--weights", "none", "--max-epochs", "6", "--lr",
-       "0.05", "--batch-size", "8", "--device", "cpu", "--random-state", "0", "-q"]
+       "0.05", "--batch-size", "8", "--device", "cpu", "--random-state", "0",
+       "--unfreeze", "1", "-q"]
 
 
 def colour_folder(root, n_per_class=6, classes=("red", "green"), seed=0):
@@ -39,7 +41,8 @@ def test_fit_writes_a_model(fitted):
 
 def test_fit_prints_progress(tmp_path, capfd):
     data = colour_folder(tmp_path / "data", n_per_class=3)
-    args = [a for a in FIT if a != "-q"]
+    # unfreeze=1: epochs run (a frozen head is fitted by L-BFGS, no epochs).
+    args = [a for a in FIT if a != "-q"] + ["--unfreeze", "1"]
     assert main(["fit", str(data), "--out", str(tmp_path / "m"), *args]) == 0
     out, err = capfd.readouterr()
     assert "Found 6 images in 2 classes: green, red" in err
@@ -288,11 +291,19 @@ def test_out_folder_that_is_not_empty_needs_force(fitted, tmp_path, capfd):
     assert main(["fit", str(data), "--out", str(out), *FIT]) == 1
     assert_one_line_error(capfd, str(out), "not empty", "--force")
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
-    args = [a for a in FIT if a != "-q"]
-    assert main(["fit", str(data), "--out", str(out), *args, "--force"]) == 0
-    _, err = capfd.readouterr()
-    assert "manifest.json, model.safetensors" in err and "notes.txt" not in err
+    # Saving replaces the whole folder, so --force never deletes files that
+    # are not a saved model: such a folder is refused even then.
+    assert main(["fit", str(data), "--out", str(out), *FIT, "--force"]) == 1
+    assert_one_line_error(capfd, str(out), "no saved model")
     assert (out / "notes.txt").read_text() == "mine"
+    # A folder holding a saved model is replaced with --force.
+    model = tmp_path / "model"
+    assert main(["fit", str(data), "--out", str(model), *FIT]) == 0
+    capfd.readouterr()
+    args = [a for a in FIT if a != "-q"]
+    assert main(["fit", str(data), "--out", str(model), *args, "--force"]) == 0
+    _, err = capfd.readouterr()
+    assert "manifest.json, model.safetensors" in err
     (tmp_path / "file").write_text("")
     assert main(["fit", str(data), "--out", str(tmp_path / "file"), *FIT]) == 1
     assert_one_line_error(capfd, "is a file")
