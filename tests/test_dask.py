@@ -82,4 +82,4 @@ def test_grid_search_on_dask_matches_local(colour_images, tmp_path):
     )
     # The workers filled the shared on-disk cache: one entry per image, since
     # every candidate has the same frozen backbone.
-    assert len(list(shared.rglob("*.npy"))) == len(paths)
+    assert len(list(shared.rglob("*.feat"))) == len(paths)
