@@ -9,6 +9,7 @@ from torch import nn
 from sktransfer import BackboneSpec, _runtime, clear_feature_cache, register_backbone
 from sktransfer._transforms import Preprocessing
 from sktransfer.backbones import BackboneParts
+from sktransfer.backbones._weights import file_sha256, load_state_dict_file
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
 
@@ -58,6 +59,23 @@ register_backbone(
     BackboneSpec(
         name="tiny_cnn", family="test", build=_build_tiny, n_blocks=3, source="test"
     ),
+    overwrite=True,
+)
+
+
+def _build_tiny_from_file(weights):
+    """tiny_cnn whose weights come from a local state-dict file."""
+    parts = _build_tiny(None)
+    if weights is None:
+        return parts
+    blocks = nn.Sequential(*parts.blocks)
+    blocks.load_state_dict(load_state_dict_file(weights))
+    return BackboneParts(list(blocks), parts.neck, parts.feature_dim,
+                         parts.preprocessing, f"file:sha256:{file_sha256(weights)}")
+
+
+register_backbone(
+    BackboneSpec(name="tiny_file", family="test", build=_build_tiny_from_file),
     overwrite=True,
 )
 

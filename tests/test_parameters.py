@@ -15,26 +15,7 @@ from conftest import _build_tiny, make_colour_images
 from skorch.callbacks import Callback
 from torch import nn
 
-from sktransfer import BackboneSpec, PretrainedCNNClassifier, register_backbone
-from sktransfer.backbones import BackboneParts
-from sktransfer.backbones._weights import file_sha256, load_state_dict_file
-
-
-def _build_tiny_from_file(weights):
-    parts = _build_tiny(None)
-    if weights is None:
-        return parts
-    blocks = nn.Sequential(*parts.blocks)
-    blocks.load_state_dict(load_state_dict_file(weights))
-    return BackboneParts(list(blocks), parts.neck, parts.feature_dim,
-                         parts.preprocessing, f"file:sha256:{file_sha256(weights)}")
-
-
-register_backbone(
-    BackboneSpec(name="tiny_weights_file", family="test",
-                 build=_build_tiny_from_file, n_blocks=3),
-    overwrite=True,
-)
+from sktransfer import PretrainedCNNClassifier
 
 
 class _Noop(Callback):
@@ -133,7 +114,7 @@ def test_every_documented_value_fits(images, base, tmp_path, name, value):
     X, y = images
     params = dict(base)
     if name == "weights" and value is not None:
-        params["backbone"] = "tiny_weights_file"
+        params["backbone"] = "tiny_file"
     params[name] = _value(name, value, tmp_path)
     clf = PretrainedCNNClassifier(**params).fit(X, y)
     if name == "warm_start" and value:

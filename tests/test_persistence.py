@@ -16,32 +16,12 @@ from torch import nn
 
 import sktransfer
 from sktransfer import (
-    BackboneSpec,
     InconsistentVersionWarning,
     ModelFileError,
     PretrainedCNNClassifier,
-    register_backbone,
 )
-from sktransfer.backbones import BackboneParts
-from sktransfer.backbones._weights import file_sha256, load_state_dict_file
+from sktransfer.backbones._weights import file_sha256
 from sktransfer.io import _pickle
-
-
-def _build_from_file(weights):
-    """tiny_cnn whose weights come from a local state-dict file."""
-    parts = _build_tiny(None)
-    if weights is None:
-        return parts
-    blocks = nn.Sequential(*parts.blocks)
-    blocks.load_state_dict(load_state_dict_file(weights))
-    return BackboneParts(list(blocks), parts.neck, parts.feature_dim,
-                         parts.preprocessing, f"file:sha256:{file_sha256(weights)}")
-
-
-register_backbone(
-    BackboneSpec(name="tiny_file", family="test", build=_build_from_file, n_blocks=3),
-    overwrite=True,
-)
 
 
 @pytest.fixture
