@@ -75,7 +75,8 @@ def _build_tiny_from_file(weights):
 
 
 register_backbone(
-    BackboneSpec(name="tiny_file", family="test", build=_build_tiny_from_file),
+    BackboneSpec(name="tiny_file", family="test", build=_build_tiny_from_file,
+                 source="test"),
     overwrite=True,
 )
 
