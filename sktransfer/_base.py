@@ -2,6 +2,7 @@
 backbone, images, device, precision and cache; building the backbone; the
 frozen feature pass; and the fitted state that persistence stores."""
 
+import copy
 import os
 import warnings
 from numbers import Integral
@@ -51,6 +52,52 @@ class TransferEstimatorBase(PickleSupportMixin, BaseEstimator):
         "n_frozen_blocks_", "preprocessing_",
     )  # fmt: skip
     _module_attributes = ()
+
+    # -- parameters that are objects ---------------------------------------
+    # torchvision transforms (an ``augment`` value) have a static
+    # ``get_params`` that samples random parameters, which scikit-learn would
+    # mistake for an estimator's: ``get_params(deep=True)`` and ``clone``
+    # would call it and fail. Only scikit-learn estimators are nested here,
+    # and other objects are cloned as copies.
+
+    def get_params(self, deep=True):
+        """Get parameters for this estimator.
+
+        Parameters
+        ----------
+        deep : bool, default=True
+            Also return the parameters of parameter values that are
+            scikit-learn estimators, as ``name__param``.
+
+        Returns
+        -------
+        params : dict
+            Parameter names mapped to their values.
+        """
+        params = super().get_params(deep=False)
+        if deep:
+            for key, value in list(params.items()):
+                if isinstance(value, BaseEstimator):
+                    params.update(
+                        (f"{key}__{k}", v) for k, v in value.get_params().items()
+                    )
+        return params
+
+    def __sklearn_clone__(self):
+        foreign = {
+            key: value for key, value in self.get_params(deep=False).items()
+            if hasattr(value, "get_params") and not isinstance(value, type)
+            and not isinstance(value, BaseEstimator)
+        }
+        if not foreign:
+            return super().__sklearn_clone__()
+        masked = copy.copy(self)
+        for key in foreign:
+            setattr(masked, key, None)
+        clone = BaseEstimator.__sklearn_clone__(masked)
+        for key, value in foreign.items():
+            setattr(clone, key, copy.deepcopy(value))
+        return clone
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

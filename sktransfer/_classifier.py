@@ -14,15 +14,11 @@ from sklearn.base import (
 from sklearn.utils.validation import check_is_fitted
 from skorch.history import History
 
+from ._augment import AUGMENT_CONSTRAINT, TTA_CONSTRAINT, tta_views
 from ._base import TransferEstimatorBase
 from ._compat import Interval, StrOptions, check_sample_weight, fit_context
-from ._data import (
-    ImageDataset,
-    check_image_paths,
-    tensor_dataset,
-    with_sample_weight,
-)
-from ._frozen import find_bad_images, map_features, training_features
+from ._data import check_image_paths, tensor_dataset
+from ._frozen import find_bad_images, map_features, map_views, training_features
 from ._images import BadImagesError, warn_skipped
 from ._labels import (
     check_targets,
@@ -49,7 +45,7 @@ from ._training import (
     fit_with_oom_backoff,
     optimizer_snapshot,
 )
-from ._transforms import eval_transform, train_transform
+from ._train_inputs import TrainingImages, decode_training_images
 from ._warnings import user_stacklevel
 
 __all__ = ["PretrainedCNNClassifier"]
@@ -128,9 +124,31 @@ class PretrainedCNNClassifier(
     image_size : int or None, default=None
         Side of the square crop fed to the network. ``None`` uses the size
         the weights were trained with; the resize keeps the same ratio.
-    augment : bool, default=False
-        Random resized crops and horizontal flips on training images only.
-        The frozen part then runs every epoch (features can't be cached).
+    augment : bool, {"light", "classic", "trivialaugment"} or callable, \
+            default=False
+        Random views of the training images (validation and prediction
+        images are never augmented). ``True`` is ``"light"``: random resized
+        crops covering 70-100 % of the image, and horizontal flips.
+        ``"classic"``: rotation up to 20 degrees, shifts up to 10 %, zoom
+        0.8-1.2 and flips (the Keras ``ImageDataGenerator`` recipe).
+        ``"trivialaugment"``: ``"light"`` then ``TrivialAugmentWide``. A
+        callable, such as a ``torchvision.transforms.v2`` transform, receives
+        each image as a ``uint8`` tensor ``(3, S, S)`` (the shorter side
+        resized to ``S``, the weights' resize size, and centre-cropped) and
+        returns a tensor, which is then centre-cropped to the network's input
+        size and normalised. Images are decoded once per fit into memory
+        (``3 * S**2`` bytes each, within ``cache_max_gb``); the frozen part
+        then runs on every augmented batch, since its output changes. In a
+        ``GridSearchCV`` grid, wrap a single torchvision transform in
+        ``v2.Compose([...])``: scikit-learn copies grid values by calling
+        their ``get_params``, which some transforms define for another
+        purpose.
+    tta : bool or {"flip", "crops"}, default=False
+        Test-time augmentation in :meth:`predict_proba` (and so
+        :meth:`predict` and :meth:`score`): class probabilities averaged over
+        several views of each image. ``True`` or ``"flip"``: the image and
+        its mirror (2 passes); ``"crops"``: the centre and four corner crops,
+        each also mirrored (10 passes). ``transform`` is never augmented.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training data (stratified,
         seeded by ``random_state``), report its loss and accuracy each
@@ -262,7 +280,8 @@ class PretrainedCNNClassifier(
         "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr_ratio": [Interval(Real, 0, None, closed="left")],
         "optimizer": [StrOptions(set(OPTIMIZERS)), type],
-        "augment": ["boolean"],
+        "augment": AUGMENT_CONSTRAINT,
+        "tta": TTA_CONSTRAINT,
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
@@ -306,6 +325,7 @@ class PretrainedCNNClassifier(
         optimizer="adamw",
         image_size=None,
         augment=False,
+        tta=False,
         early_stopping=False,
         validation_fraction=0.1,
         n_iter_no_change=5,
@@ -343,6 +363,7 @@ class PretrainedCNNClassifier(
         self.optimizer = optimizer
         self.image_size = image_size
         self.augment = augment
+        self.tta = tta
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
@@ -519,14 +540,23 @@ class PretrainedCNNClassifier(
         if not warm:
             self.model_ = self._build_model(seed)
         frozen_pass = self._frozen_pass(self.model_.frozen)
-        features, errors = None, None
+        features, errors, decoded = None, None, None
         if self._uses_feature_cache():
             features, errors = training_features(
                 frozen_pass, paths, max_gb=self.cache_max_gb
             )
-        if errors is None:  # not cached, or over cache_max_gb
+        elif self.augment is not False:
+            decoded = decode_training_images(
+                paths, self.preprocessing_, max_gb=self.cache_max_gb,
+                num_workers=self._loader_workers(len(paths)),
+                max_image_pixels=self.max_image_pixels,
+            )
+            errors = None if decoded is None else decoded.errors
+        if errors is None:  # nothing decoded up front
             errors = find_bad_images(frozen_pass, paths)
         keep = self._usable(paths, errors)
+        if decoded is not None:
+            decoded = decoded.take(keep)
         paths, y = paths[keep], y[keep]
         if sample_weight is not None:
             sample_weight = sample_weight[keep]
@@ -539,9 +569,13 @@ class PretrainedCNNClassifier(
         self.n_train_images_ = len(paths)
         # Training is seeded on its own, so whether features came from the
         # cache (no loader, no random draws) does not change the result.
+        images = TrainingImages(
+            paths, self.preprocessing_, self.augment, decoded,
+            self.max_image_pixels,
+        )
         with seeded(seed, self.device_):
             net, interrupted = self._train(
-                paths, features, y, y_encoded, sample_weight,
+                images, features, y, y_encoded, sample_weight,
                 max_epochs=max_epochs, history=history, seed=seed,
                 probe=not warm and not continued and self._probes_head(),
             )
@@ -617,7 +651,12 @@ class PretrainedCNNClassifier(
         )
         return losses
 
-    def _train(self, paths, features, y, y_encoded, sample_weight, *, max_epochs,
+    def _loader_workers(self, n_images):
+        if self.num_workers is not None:
+            return self.num_workers
+        return default_num_workers(n_images, self.batch_size)
+
+    def _train(self, images, features, y, y_encoded, sample_weight, *, max_epochs,
                history, seed, probe):
         train_idx, valid_idx = validation_split(
             y_encoded,
@@ -629,7 +668,7 @@ class PretrainedCNNClassifier(
         loss_weights = class_loss_weights(self.class_weight, self.classes_, y)
         if probe:
             losses = self._probe_head(
-                paths, features, targets, weights, loss_weights, train_idx
+                images.paths, features, targets, weights, loss_weights, train_idx
             )
             if self.n_frozen_blocks_ == self.backbone_n_blocks_ and not self.augment:
                 # The probed head is the fitted model: nothing left to train.
@@ -648,23 +687,8 @@ class PretrainedCNNClassifier(
             )
         else:
             module = self.model_
-            num_workers = self.num_workers
-            if num_workers is None:
-                num_workers = default_num_workers(len(train_idx), self.batch_size)
-            prep = self.preprocessing_
-            transform = train_transform(prep) if self.augment else eval_transform(prep)
-            train = with_sample_weight(
-                self._image_dataset(paths[train_idx], transform, targets[train_idx]),
-                None if weights is None else weights[train_idx],
-            )
-            valid = (
-                None if valid_idx is None
-                else with_sample_weight(
-                    self._image_dataset(paths[valid_idx], eval_transform(prep),
-                                        targets[valid_idx]),
-                    None if weights is None else weights[valid_idx],
-                )
-            )
+            num_workers = self._loader_workers(len(train_idx))
+            train, valid = images.datasets(train_idx, valid_idx, targets, weights)
         plan = TrainingPlan(
             module=module,
             n_classes=self.n_classes_,
@@ -706,13 +730,6 @@ class PretrainedCNNClassifier(
             )
         self.history_ = net.history
         return net, interrupted
-
-    def _image_dataset(self, paths, transform, targets):
-        return ImageDataset(
-            paths, transform, targets=targets,
-            max_image_pixels=self.max_image_pixels,
-            min_side=self.preprocessing_.resize_size,
-        )
 
     def plot_history(self, ax=None):
         """Plot training loss, validation loss and accuracy per epoch.
@@ -828,11 +845,17 @@ class PretrainedCNNClassifier(
         """
         check_is_fitted(self)
         self.model_.eval()
-        logits = map_features(
-            self._frozen_pass(self.model_.frozen), X,
-            lambda features: self._run_suffix(features, self.model_.suffix),
-        )
-        return torch.softmax(logits.double(), dim=1).numpy()
+        frozen_pass = self._frozen_pass(self.model_.frozen)
+
+        def logits(features):
+            return self._run_suffix(features, self.model_.suffix)
+
+        if self.tta is not False:
+            views = tta_views(self.tta, self.preprocessing_)
+            proba = map_views(frozen_pass, X, views, logits).double()
+            return (proba / proba.sum(dim=1, keepdim=True)).numpy()
+        return torch.softmax(map_features(frozen_pass, X, logits).double(),
+                             dim=1).numpy()
 
     def predict(self, X):
         """Predicted class label of each image.

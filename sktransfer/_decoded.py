@@ -121,6 +121,24 @@ class DecodedImages:
         mask[[i for i, _ in self.errors]] = False
         return mask
 
+    def take(self, mask):
+        """The rows where ``mask`` is True, renumbered from 0.
+
+        Used once bad files are left out, so rows line up with the kept
+        paths again. Taking every row returns ``self`` without a copy.
+        """
+        mask = np.asarray(mask, dtype=bool)
+        if mask.all():
+            return self
+        kept = set(np.flatnonzero(mask).tolist())
+        bad = [(i, r) for i, r in self.errors if i in kept]
+        if bad:
+            raise ValueError(
+                f"Row {bad[0][0]} could not be decoded ({bad[0][1]}); leave "
+                "bad rows out of mask."
+            )
+        return type(self)(self.images[torch.from_numpy(mask)], [], self.prep)
+
     @classmethod
     def decode(cls, paths, prep, *, max_bytes=None, num_workers=0, batch_size=32,
                max_image_pixels=None, progress=None):

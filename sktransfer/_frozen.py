@@ -4,7 +4,8 @@ A :class:`FrozenPass` says how (module, preprocessing, device, precision,
 batching, cache); :func:`extract_features` computes only what the cache does
 not hold, within a memory bound; :func:`training_features` decides, for a
 fit, whether to cache or to fall back to running the prefix every epoch;
-:func:`map_features` serves prediction in bounded chunks; and
+:func:`map_features` serves prediction in bounded chunks (and
+:func:`map_views` test-time views of the same images); and
 :func:`find_bad_images` scans files when nothing is extracted up front.
 """
 
@@ -19,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from ._augment import tta_average
 from ._cache import (
     DiskFeatureStore,
     image_fingerprint,
@@ -26,6 +28,7 @@ from ._cache import (
     module_structure_digest,
 )
 from ._data import ImageDataset, check_image_paths, collate_with_errors
+from ._decoded import DecodedImages
 from ._images import BadImagesError, ImageLoadError, check_image_header
 from ._runtime import autocast_context, cudnn_autotuning, default_num_workers
 from ._transforms import eval_transform
@@ -39,6 +42,7 @@ __all__ = [
     "format_bytes",
     "frozen_cache_key",
     "map_features",
+    "map_views",
     "training_features",
 ]
 
@@ -396,12 +400,59 @@ def map_features(frozen_pass, X, fn):
         errors.extend((paths[start + i], reason) for i, reason in chunk_errors)
         if not errors:
             outputs.append(fn(features))
+    _raise_bad_inputs(errors)
+    return torch.cat(outputs)
+
+
+def _raise_bad_inputs(errors):
     if errors:
         raise BadImagesError(
             errors,
             "every input needs an output, so nothing is skipped at predict "
             "time; fix or remove these files",
         )
+
+
+def map_views(frozen_pass, X, views, fn):
+    """Class probabilities of ``X`` averaged over test-time ``views``.
+
+    Each chunk of ``PREDICT_CHUNK`` files is decoded once into ``uint8``
+    squares (:class:`~sktransfer._decoded.DecodedImages`); every view of a
+    batch then runs through the frozen prefix and ``fn`` (frozen features to
+    logits), and the softmax outputs are averaged
+    (:func:`~sktransfer._augment.tta_average`). The views are not cached.
+
+    Returns
+    -------
+    proba : torch.Tensor of shape (n_images, n_classes)
+    """
+    paths = check_image_paths(X)
+    device = torch.device(frozen_pass.device)
+
+    def logits(batch):
+        with torch.inference_mode(), autocast_context(device, frozen_pass.dtype):
+            batch = batch.to(device).contiguous(memory_format=torch.channels_last)
+            features = frozen_pass.module(batch).float().cpu()
+        return fn(features)
+
+    outputs, errors = [], []
+    batch_size = frozen_pass.batch_size
+    for start in range(0, len(paths), PREDICT_CHUNK):
+        chunk = paths[start : start + PREDICT_CHUNK]
+        num_workers = frozen_pass.num_workers
+        if num_workers is None:
+            num_workers = default_num_workers(len(chunk), batch_size)
+        decoded = DecodedImages.decode(
+            chunk, frozen_pass.preprocessing, num_workers=num_workers,
+            batch_size=batch_size, max_image_pixels=frozen_pass.max_image_pixels,
+        )
+        errors.extend((chunk[i], reason) for i, reason in decoded.errors)
+        if errors:
+            continue
+        for first in range(0, len(decoded), batch_size):
+            batch = decoded.images[first : first + batch_size]
+            outputs.append(tta_average(logits, batch, views))
+    _raise_bad_inputs(errors)
     return torch.cat(outputs)
 
 

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torchvision.transforms import v2
 
-__all__ = ["Preprocessing", "eval_transform", "train_transform"]
+__all__ = ["Preprocessing", "eval_transform"]
 
 INTERPOLATIONS = {
     "bilinear": v2.InterpolationMode.BILINEAR,
@@ -69,20 +69,6 @@ def eval_transform(prep):
         [
             v2.Resize(prep.resize_size, interpolation=interpolation, antialias=True),
             v2.CenterCrop(prep.crop_size),
-            *_tensor_steps(prep),
-        ]
-    )
-
-
-def train_transform(prep):
-    """Augmenting transform: random resized crop and horizontal flip."""
-    interpolation = INTERPOLATIONS[prep.interpolation]
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(
-                prep.crop_size, interpolation=interpolation, antialias=True
-            ),
-            v2.RandomHorizontalFlip(),
             *_tensor_steps(prep),
         ]
     )

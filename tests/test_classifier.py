@@ -256,3 +256,71 @@ def test_set_output_pandas_in_a_pipeline(colour_images, tiny_params):
     assert list(embedded.columns) == [f"pretrainedcnnclassifier{i}" for i in range(5)]
     assert list(pipe[-1].feature_names_in_) == list(embedded.columns)
     assert set(pipe.predict(paths)) <= set(labels)
+
+
+# -- test-time augmentation ----------------------------------------------------
+
+
+def _manual_tta(clf, paths, tta):
+    """Mean softmax over the views, computed outside predict_proba."""
+    from sktransfer._augment import tta_views
+    from sktransfer._decoded import DecodedImages
+
+    images = DecodedImages.decode(paths, clf.preprocessing_).images
+    with torch.inference_mode():
+        probas = [
+            torch.softmax(clf.model_(view(images)).double(), dim=1)
+            for view in tta_views(tta, clf.preprocessing_)
+        ]
+    return torch.stack(probas).mean(0).numpy(), len(probas)
+
+
+@pytest.mark.parametrize("tta, n_views", [("flip", 2), (True, 2), ("crops", 10)])
+def test_tta_averages_the_views_probabilities(
+    colour_images, tiny_params, tta, n_views
+):
+    paths, labels = colour_images
+    clf = PretrainedCNNClassifier(**tiny_params, unfreeze=1).fit(paths, labels)
+    plain = clf.predict_proba(paths)
+    clf.set_params(tta=tta)
+    averaged = clf.predict_proba(paths)
+    expected, n = _manual_tta(clf, paths, tta)
+    assert n == n_views
+    np.testing.assert_allclose(averaged, expected, atol=1e-5)
+    np.testing.assert_allclose(averaged.sum(axis=1), 1.0, rtol=1e-9)
+    assert not np.allclose(averaged, plain)  # the extra views changed something
+    np.testing.assert_array_equal(
+        clf.predict(paths), clf.classes_[averaged.argmax(axis=1)]
+    )
+
+
+def test_tta_off_is_the_evaluation_view(colour_images, tiny_params):
+    paths, labels = colour_images
+    clf = PretrainedCNNClassifier(**tiny_params).fit(paths, labels)
+    expected, n = _manual_tta(clf, paths, False)
+    assert n == 1
+    np.testing.assert_allclose(clf.predict_proba(paths), expected, atol=1e-5)
+
+
+def test_tta_never_changes_transform(colour_images, tiny_params):
+    paths, labels = colour_images
+    clf = PretrainedCNNClassifier(**tiny_params).fit(paths, labels)
+    before = clf.transform(paths)
+    np.testing.assert_array_equal(clf.set_params(tta="crops").transform(paths), before)
+
+
+def test_tta_reports_every_bad_file(colour_images, tiny_params, tmp_path):
+    paths, labels = colour_images
+    clf = PretrainedCNNClassifier(**tiny_params, tta=True).fit(paths, labels)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.png"):
+        clf.predict_proba(np.append(paths, str(broken)).astype(object))
+
+
+def test_unknown_tta_or_policy_is_a_clear_error(colour_images, tiny_params):
+    paths, labels = colour_images
+    with pytest.raises(ValueError, match="'tta' parameter"):
+        PretrainedCNNClassifier(**tiny_params, tta="flips").fit(paths, labels)
+    with pytest.raises(ValueError, match="'augment' parameter"):
+        PretrainedCNNClassifier(**tiny_params, augment="classical").fit(paths, labels)

@@ -14,6 +14,7 @@ import torch
 from conftest import _build_tiny, make_colour_images
 from skorch.callbacks import Callback
 from torch import nn
+from torchvision.transforms import v2
 
 from sktransfer import PretrainedCNNClassifier
 
@@ -65,7 +66,10 @@ DOCUMENTED = [
     ("optimizer", "adamw"), ("optimizer", "adam"), ("optimizer", "sgd"),
     ("optimizer", torch.optim.SGD), ("optimizer", torch.optim.RMSprop),
     ("image_size", None), ("image_size", 16), ("image_size", 40),
-    ("augment", False), ("augment", True),
+    ("augment", False), ("augment", True), ("augment", "light"),
+    ("augment", "classic"), ("augment", "trivialaugment"),
+    ("augment", "<v2 transform>"),
+    ("tta", False), ("tta", True), ("tta", "flip"), ("tta", "crops"),
     ("early_stopping", False), ("early_stopping", True),
     ("validation_fraction", 0.3), ("n_iter_no_change", 1),
     ("class_weight", None), ("class_weight", "balanced"),
@@ -102,6 +106,8 @@ def _value(name, value, tmp_path):
         return joblib.Memory(tmp_path / "memory", verbose=0)
     if value == "<Memory(None)>":
         return joblib.Memory(None, verbose=0)
+    if value == "<v2 transform>":
+        return v2.RandomRotation(10)
     if value == "<RandomState>":
         return np.random.RandomState(0)
     return value
