@@ -39,13 +39,13 @@ from ._runtime import (
     torch_seed,
     torch_threads,
 )
+from ._train_inputs import TrainingImages, decode_training_images
 from ._training import (
     OPTIMIZERS,
     TrainingPlan,
     fit_with_oom_backoff,
     optimizer_snapshot,
 )
-from ._train_inputs import TrainingImages, decode_training_images
 from ._warnings import user_stacklevel
 
 __all__ = ["PretrainedCNNClassifier"]

@@ -162,7 +162,9 @@ def test_stored_centre_view_is_the_evaluation_transform_of_the_file(tmp_path):
     assert (a[0][0] - b[0][0]).abs().max() < 1e-5
 
 
-def test_torchvision_transform_as_augment_clones_and_searches(colour_images, tiny_params):
+def test_torchvision_transform_as_augment_clones_and_searches(
+    colour_images, tiny_params
+):
     """torchvision transforms' static get_params is not mistaken for sklearn's."""
     from sklearn.base import clone
     from sklearn.model_selection import GridSearchCV
@@ -171,7 +173,8 @@ def test_torchvision_transform_as_augment_clones_and_searches(colour_images, tin
     clf = PretrainedCNNClassifier(**tiny_params, augment=rotate)
     assert clf.get_params()["augment"] is rotate
     copied = clone(clf)
-    assert isinstance(copied.augment, v2.RandomRotation) and copied.augment is not rotate
+    assert isinstance(copied.augment, v2.RandomRotation)
+    assert copied.augment is not rotate
     assert copied.augment.degrees == rotate.degrees
     X, y = colour_images
     # Grid values are cloned by scikit-learn itself, which calls get_params
