@@ -1,6 +1,5 @@
 """The public classifier: a pretrained CNN with a new head, on image paths."""
 
-import contextlib
 import warnings
 from numbers import Integral, Real
 
@@ -12,40 +11,19 @@ from sklearn.base import (
     TransformerMixin,
 )
 from sklearn.utils.validation import check_is_fitted
-from skorch.history import History
 
 from ._augment import AUGMENT_CONSTRAINT, TTA_CONSTRAINT, tta_views
 from ._base import TransferEstimatorBase
 from ._compat import Interval, StrOptions, check_sample_weight, fit_context
-from ._data import check_image_paths, tensor_dataset
+from ._data import check_image_paths
 from ._frozen import find_bad_images, map_features, map_views, training_features
 from ._images import BadImagesError, warn_skipped
-from ._labels import (
-    check_targets,
-    class_loss_weights,
-    encode_labels,
-    fit_classes,
-    normalized_sample_weight,
-    validation_split,
-)
+from ._labels import check_targets, encode_labels, fit_classes
 from ._module import build_transfer_module
-from ._probe import fit_head_lbfgs
-from ._runtime import (
-    autocast_context,
-    cudnn_autotuning,
-    default_num_workers,
-    limit_threads_in_worker,
-    seeded,
-    torch_seed,
-    torch_threads,
-)
+from ._recipe import Recipe, run_in_batches, train_transfer_model
+from ._runtime import limit_threads_in_worker, seeded, torch_seed
 from ._train_inputs import TrainingImages, decode_training_images
-from ._training import (
-    OPTIMIZERS,
-    TrainingPlan,
-    fit_with_oom_backoff,
-    optimizer_snapshot,
-)
+from ._training import OPTIMIZERS, optimizer_snapshot
 from ._warnings import user_stacklevel
 
 __all__ = ["PretrainedCNNClassifier"]
@@ -548,7 +526,7 @@ class PretrainedCNNClassifier(
         elif self.augment is not False:
             decoded = decode_training_images(
                 paths, self.preprocessing_, max_gb=self.cache_max_gb,
-                num_workers=self._loader_workers(len(paths)),
+                num_workers=Recipe.of(self).loader_workers(len(paths)),
                 max_image_pixels=self.max_image_pixels,
             )
             errors = None if decoded is None else decoded.errors
@@ -573,12 +551,20 @@ class PretrainedCNNClassifier(
             paths, self.preprocessing_, self.augment, decoded,
             self.max_image_pixels,
         )
+        recipe = Recipe.of(self, max_epochs=max_epochs)
         with seeded(seed, self.device_):
-            net, interrupted = self._train(
-                images, features, y, y_encoded, sample_weight,
-                max_epochs=max_epochs, history=history, seed=seed,
-                probe=not warm and not continued and self._probes_head(),
+            result = train_transfer_model(
+                self.model_, recipe, images=images, features=features,
+                frozen_pass=frozen_pass, y=y, y_encoded=y_encoded,
+                classes=self.classes_, sample_weight=sample_weight,
+                device=self.device_, autocast_dtype=self._training_autocast_dtype(),
+                split_seed=self.torch_seed_, seed=seed,
+                probe=not warm and not continued and recipe.probes_head,
+                history=history,
+                optimizer_state=getattr(self, "_optimizer_state", None),
             )
+        net, interrupted = result.net, result.interrupted
+        self.history_, self.batch_size_ = result.history, result.batch_size
         # Kept only when a later fit may continue this one: Adam's moments
         # are twice the size of the trained weights.
         self._optimizer_state = (
@@ -619,117 +605,6 @@ class PretrainedCNNClassifier(
             # Skipping bad images removed a whole class: rebuild the head.
             self.model_ = self._build_model(self.torch_seed_)
         return y_encoded
-
-    def _probes_head(self):
-        if self.head_solver == "auto":
-            return self.unfreeze == 0
-        return self.head_solver == "lbfgs"
-
-    def _probe_embeddings(self, paths, features, idx):
-        """Pooled embeddings of training rows ``idx``, through the unfrozen
-        blocks as they are now (pretrained), for the L-BFGS head fit."""
-        self.model_.eval()
-        trainable = self.model_.suffix.trainable
-        if features is not None:
-            embeddings = self._run_suffix(features[idx], trainable)
-        else:
-            embeddings = map_features(
-                self._frozen_pass(self.model_.frozen), paths[idx],
-                lambda rows: self._run_suffix(rows, trainable),
-            )
-        return embeddings.clone()  # a normal tensor, usable by autograd
-
-    def _probe_head(self, paths, features, targets, weights, loss_weights, idx):
-        losses = fit_head_lbfgs(
-            self.model_.suffix.head,
-            self._probe_embeddings(paths, features, idx),
-            targets[idx],
-            C=self.C,
-            sample_weight=None if weights is None else weights[idx],
-            class_weight=loss_weights,
-            label_smoothing=self.label_smoothing,
-        )
-        return losses
-
-    def _loader_workers(self, n_images):
-        if self.num_workers is not None:
-            return self.num_workers
-        return default_num_workers(n_images, self.batch_size)
-
-    def _train(self, images, features, y, y_encoded, sample_weight, *, max_epochs,
-               history, seed, probe):
-        train_idx, valid_idx = validation_split(
-            y_encoded,
-            self.validation_fraction if self.early_stopping else None,
-            self.torch_seed_,
-        )
-        targets = torch.as_tensor(y_encoded, dtype=torch.int64)
-        weights = normalized_sample_weight(sample_weight, train_idx)
-        loss_weights = class_loss_weights(self.class_weight, self.classes_, y)
-        if probe:
-            losses = self._probe_head(
-                images.paths, features, targets, weights, loss_weights, train_idx
-            )
-            if self.n_frozen_blocks_ == self.backbone_n_blocks_ and not self.augment:
-                # The probed head is the fitted model: nothing left to train.
-                self.history_ = History([{
-                    "epoch": 1, "train_loss": losses[-1],
-                    "lbfgs_iterations": len(losses),
-                }])
-                self.batch_size_ = self.batch_size
-                return None, False
-        if features is not None:
-            module, num_workers = self.model_.suffix, 0
-            train = tensor_dataset(features, targets, weights, train_idx)
-            valid = (
-                None if valid_idx is None
-                else tensor_dataset(features, targets, weights, valid_idx)
-            )
-        else:
-            module = self.model_
-            num_workers = self._loader_workers(len(train_idx))
-            train, valid = images.datasets(train_idx, valid_idx, targets, weights)
-        plan = TrainingPlan(
-            module=module,
-            n_classes=self.n_classes_,
-            lr=self.lr,
-            lr_scales=self.model_.suffix.lr_scales(
-                self.backbone_lr_ratio, self.layer_decay
-            ),
-            optimizer=OPTIMIZERS.get(self.optimizer, self.optimizer),
-            max_epochs=max_epochs,
-            batch_size=self.batch_size,
-            device=self.device_,
-            valid=valid,
-            n_iter_no_change=self.n_iter_no_change if self.early_stopping else None,
-            loss_weights=loss_weights,
-            weighted=weights is not None,
-            num_workers=num_workers,
-            autocast_dtype=self._training_autocast_dtype(),
-            compile=self.compile,
-            history=history,
-            optimizer_state=getattr(self, "_optimizer_state", None),
-            net_params=dict(self.net_params or {}),
-            verbose=self.verbose,
-            lr_schedule=self.lr_schedule,
-            warmup_fraction=self.warmup_fraction,
-            n_train=len(train_idx),
-            label_smoothing=self.label_smoothing,
-        )
-        # A head on pooled features is a few small matrix products per step:
-        # splitting them over threads costs more in synchronisation than it
-        # saves (several times over when the cores are busy, e.g. parallel
-        # search), so such fits run on one thread.
-        small = features is not None and features.dim() == 2
-        with (
-            torch_threads(1) if small else contextlib.nullcontext(),
-            cudnn_autotuning(self.device_),
-        ):
-            net, interrupted, self.batch_size_ = fit_with_oom_backoff(
-                plan, train, seed=seed
-            )
-        self.history_ = net.history
-        return net, interrupted
 
     def plot_history(self, ax=None):
         """Plot training loss, validation loss and accuracy per epoch.
@@ -814,18 +689,10 @@ class PretrainedCNNClassifier(
     # -- prediction -------------------------------------------------------
 
     def _run_suffix(self, features, fn):
-        # The trained part runs as it trained: under the same autocast (on
-        # CUDA; fp32 elsewhere) and at the batch size fit ended with.
-        outputs = []
-        batch_size = getattr(self, "batch_size_", self.batch_size)
-        with (
-            torch.inference_mode(),
-            autocast_context(self.device_, self._training_autocast_dtype()),
-        ):
-            for start in range(0, len(features), batch_size):
-                batch = features[start : start + batch_size].to(self.device_)
-                outputs.append(fn(batch).float().cpu())
-        return torch.cat(outputs)
+        return run_in_batches(
+            fn, features, batch_size=getattr(self, "batch_size_", self.batch_size),
+            device=self.device_, autocast_dtype=self._training_autocast_dtype(),
+        )
 
     def _training_autocast_dtype(self):
         """Mixed precision of the trained part: the frozen dtype on CUDA only."""

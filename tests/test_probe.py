@@ -52,28 +52,28 @@ def test_unfreeze_starts_fine_tuning_from_the_probed_head(
     colour_images, probe_params, monkeypatch
 ):
     """LP-FT: the probe runs first, then the epochs, starting from its head."""
-    import sktransfer._classifier as classifier_module
+    import sktransfer._recipe as recipe_module
 
     X, y = colour_images
     calls = []
-    real = classifier_module.fit_head_lbfgs
+    real = recipe_module.fit_head_lbfgs
 
     def spy(head, *args, **kwargs):
         calls.append("probe")
         return real(head, *args, **kwargs)
 
-    monkeypatch.setattr(classifier_module, "fit_head_lbfgs", spy)
+    monkeypatch.setattr(recipe_module, "fit_head_lbfgs", spy)
     clf = PretrainedCNNClassifier(**dict(probe_params, unfreeze=1)).fit(X, y)
     assert calls == ["probe"]
     assert len(clf.history_) == probe_params["max_epochs"]  # then every epoch
 
 
 def test_auto_probes_only_the_frozen_head(colour_images, tiny_params, monkeypatch):
-    import sktransfer._classifier as classifier_module
+    import sktransfer._recipe as recipe_module
 
     X, y = colour_images
     calls = []
-    monkeypatch.setattr(classifier_module, "fit_head_lbfgs",
+    monkeypatch.setattr(recipe_module, "fit_head_lbfgs",
                         lambda *a, **k: calls.append(1) or [0.0])
     params = dict(tiny_params, head_solver="auto")
     PretrainedCNNClassifier(**dict(params, unfreeze=1)).fit(X, y)

@@ -1,0 +1,248 @@
+"""The classifier's training recipe: a linear probe of the head, then epochs.
+
+:func:`train_transfer_model` takes a built :class:`~sktransfer._module.TransferModule`,
+the training data in the form the fit prepared (cached frozen features, or
+:class:`~sktransfer._train_inputs.TrainingImages` when the frozen part runs
+each step), encoded targets and the :class:`Recipe` (the estimator's
+training parameters), and trains the model in place:
+
+1. the validation split (with early stopping), sample and class weights;
+2. with a probed head, the L-BFGS fit of the head on the pooled embeddings
+   (:func:`~sktransfer._probe.fit_head_lbfgs`); with everything frozen and no
+   augmentation, that is the whole fit;
+3. otherwise the epoch loop, which speaks skorch (:mod:`sktransfer._training`).
+"""
+
+import contextlib
+from dataclasses import dataclass, fields
+
+import torch
+from skorch.history import History
+
+from ._data import tensor_dataset
+from ._frozen import map_features
+from ._labels import class_loss_weights, normalized_sample_weight, validation_split
+from ._probe import fit_head_lbfgs
+from ._runtime import (
+    autocast_context,
+    cudnn_autotuning,
+    default_num_workers,
+    torch_threads,
+)
+from ._training import OPTIMIZERS, TrainingPlan, fit_with_oom_backoff
+
+__all__ = ["Recipe", "TrainingResult", "run_in_batches", "train_transfer_model"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The estimator parameters that decide how a fit trains.
+
+    Built from the estimator with :meth:`of`, so the estimator's parameter
+    names and meanings are documented in one place (its docstring).
+    """
+
+    unfreeze: object
+    head_solver: str
+    C: float
+    max_epochs: int
+    lr: float
+    backbone_lr_ratio: float
+    layer_decay: float
+    lr_schedule: str
+    warmup_fraction: float
+    label_smoothing: float
+    batch_size: int
+    optimizer: object
+    augment: object
+    early_stopping: bool
+    validation_fraction: float
+    n_iter_no_change: int
+    class_weight: object
+    compile: bool
+    num_workers: object
+    net_params: object
+    verbose: int
+
+    @classmethod
+    def of(cls, estimator, **overrides):
+        """The recipe of ``estimator``'s current parameters, with overrides."""
+        values = {f.name: getattr(estimator, f.name) for f in fields(cls)}
+        return cls(**{**values, **overrides})
+
+    @property
+    def probes_head(self):
+        """Whether the head starts from its L-BFGS fit (linear probe)."""
+        if self.head_solver == "auto":
+            return self.unfreeze == 0
+        return self.head_solver == "lbfgs"
+
+    def loader_workers(self, n_images):
+        """DataLoader processes for ``n_images`` training images."""
+        if self.num_workers is not None:
+            return self.num_workers
+        return default_num_workers(n_images, self.batch_size)
+
+
+@dataclass
+class TrainingResult:
+    """What a fit produced besides the trained weights.
+
+    ``net`` is None when the probe was the whole fit; ``batch_size`` is the
+    training batch size that fit ended with (smaller after an out-of-memory
+    back-off).
+    """
+
+    net: object
+    interrupted: bool
+    history: History
+    batch_size: int
+
+
+def run_in_batches(fn, inputs, *, batch_size, device, autocast_dtype):
+    """``fn`` over ``inputs`` in batches, without gradients, on the CPU after.
+
+    The trained part runs as it trained: under the same autocast (on CUDA;
+    float32 elsewhere) and at the batch size fit ended with.
+    """
+    outputs = []
+    with torch.inference_mode(), autocast_context(device, autocast_dtype):
+        for start in range(0, len(inputs), batch_size):
+            batch = inputs[start : start + batch_size].to(device)
+            outputs.append(fn(batch).float().cpu())
+    return torch.cat(outputs)
+
+
+def _probe_embeddings(model, frozen_pass, images, features, idx, run):
+    """Pooled embeddings of training rows ``idx``, through the unfrozen
+    blocks as they are now (pretrained), for the L-BFGS head fit."""
+    model.eval()
+    trainable = model.suffix.trainable
+    if features is not None:
+        embeddings = run(trainable, features[idx])
+    else:
+        embeddings = map_features(
+            frozen_pass, images.paths[idx], lambda rows: run(trainable, rows)
+        )
+    return embeddings.clone()  # a normal tensor, usable by autograd
+
+
+def train_transfer_model(model, recipe, *, images, features, frozen_pass, y,
+                         y_encoded, classes, sample_weight, device,
+                         autocast_dtype, split_seed, seed, probe, history=None,
+                         optimizer_state=None):
+    """Train ``model`` (a TransferModule) in place by ``recipe``.
+
+    Parameters
+    ----------
+    model : TransferModule
+        Built and placed on ``device``.
+    recipe : Recipe
+        The training parameters.
+    images : TrainingImages
+        The usable training images (read when ``features`` is None).
+    features : torch.Tensor or None
+        Cached frozen features of ``images``, one row each.
+    frozen_pass : FrozenPass
+        How the frozen prefix runs over files (for the probe without cache).
+    y, y_encoded : ndarray
+        Labels and their class indices, one per image.
+    classes : ndarray
+        The fitted classes.
+    sample_weight : ndarray or None
+        Per-image weights.
+    device : str
+        Where training runs.
+    autocast_dtype : torch.dtype or None
+        Mixed precision of the trained part.
+    split_seed : int or None
+        Seed of the validation split (the same across continued fits).
+    seed : int or None
+        Seed of the epoch loop's shuffling.
+    probe : bool
+        Fit the head by L-BFGS first.
+    history : skorch History or None, default=None
+        Continued by the epoch loop (warm start).
+    optimizer_state : dict or None, default=None
+        Optimizer state to continue from.
+
+    Returns
+    -------
+    result : TrainingResult
+    """
+    train_idx, valid_idx = validation_split(
+        y_encoded,
+        recipe.validation_fraction if recipe.early_stopping else None,
+        split_seed,
+    )
+    targets = torch.as_tensor(y_encoded, dtype=torch.int64)
+    weights = normalized_sample_weight(sample_weight, train_idx)
+    loss_weights = class_loss_weights(recipe.class_weight, classes, y)
+
+    def run(fn, rows):
+        return run_in_batches(fn, rows, batch_size=recipe.batch_size,
+                              device=device, autocast_dtype=autocast_dtype)
+
+    if probe:
+        losses = fit_head_lbfgs(
+            model.suffix.head,
+            _probe_embeddings(model, frozen_pass, images, features, train_idx, run),
+            targets[train_idx],
+            C=recipe.C,
+            sample_weight=None if weights is None else weights[train_idx],
+            class_weight=loss_weights,
+            label_smoothing=recipe.label_smoothing,
+        )
+        if recipe.unfreeze == 0 and not recipe.augment:
+            # The probed head is the fitted model: nothing left to train.
+            record = History([{
+                "epoch": 1, "train_loss": losses[-1], "lbfgs_iterations": len(losses),
+            }])
+            return TrainingResult(None, False, record, recipe.batch_size)
+    if features is not None:
+        module, num_workers = model.suffix, 0
+        train = tensor_dataset(features, targets, weights, train_idx)
+        valid = (
+            None if valid_idx is None
+            else tensor_dataset(features, targets, weights, valid_idx)
+        )
+    else:
+        module = model
+        num_workers = recipe.loader_workers(len(train_idx))
+        train, valid = images.datasets(train_idx, valid_idx, targets, weights)
+    plan = TrainingPlan(
+        module=module,
+        n_classes=len(classes),
+        lr=recipe.lr,
+        lr_scales=model.suffix.lr_scales(recipe.backbone_lr_ratio, recipe.layer_decay),
+        optimizer=OPTIMIZERS.get(recipe.optimizer, recipe.optimizer),
+        max_epochs=recipe.max_epochs,
+        batch_size=recipe.batch_size,
+        device=device,
+        valid=valid,
+        n_iter_no_change=recipe.n_iter_no_change if recipe.early_stopping else None,
+        loss_weights=loss_weights,
+        weighted=weights is not None,
+        num_workers=num_workers,
+        autocast_dtype=autocast_dtype,
+        compile=recipe.compile,
+        history=history,
+        optimizer_state=optimizer_state,
+        net_params=dict(recipe.net_params or {}),
+        verbose=recipe.verbose,
+        lr_schedule=recipe.lr_schedule,
+        warmup_fraction=recipe.warmup_fraction,
+        n_train=len(train_idx),
+        label_smoothing=recipe.label_smoothing,
+    )
+    # A head on pooled features is a few small matrix products per step:
+    # splitting them over threads costs more in synchronisation than it
+    # saves (several times over when the cores are busy, e.g. parallel
+    # search), so such fits run on one thread.
+    small = features is not None and features.dim() == 2
+    with (
+        torch_threads(1) if small else contextlib.nullcontext(),
+        cudnn_autotuning(device),
+    ):
+        net, interrupted, batch_size = fit_with_oom_backoff(plan, train, seed=seed)
+    return TrainingResult(net, interrupted, net.history, batch_size)
