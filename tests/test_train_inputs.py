@@ -182,3 +182,19 @@ def test_torchvision_transform_as_augment_clones_and_searches(
     grid = {"augment": [False, v2.Compose([rotate]), v2.RandomHorizontalFlip()]}
     search = GridSearchCV(clf, grid, cv=2).fit(X, y)
     assert len(search.cv_results_["params"]) == 3
+
+
+def test_augmented_model_predicts_on_the_evaluation_view(colour_images, tiny_params):
+    """The policy is for training only: prediction is deterministic and uses
+    the same view as a model fitted without augmentation."""
+    from sktransfer._frozen import map_features
+
+    X, y = colour_images
+    clf = PretrainedCNNClassifier(**tiny_params, augment="classic", unfreeze=1)
+    clf.fit(X, y)
+    first = clf.predict_proba(X)
+    np.testing.assert_array_equal(first, clf.predict_proba(X))
+    frozen_pass = clf._frozen_pass(clf.model_.frozen)
+    with torch.no_grad():
+        logits = map_features(frozen_pass, X, lambda f: clf.model_.suffix(f))
+    np.testing.assert_allclose(first, torch.softmax(logits.double(), 1), atol=1e-6)
