@@ -5,8 +5,9 @@ training folds of a seeded 3-fold ``StratifiedKFold`` and scored on the test
 fold. Emoji datasets are also scored on the *same* test emoji drawn in other
 designs (e.g. trained on Noto, tested on Twemoji): the split is made on the
 emoji, so the gap between the two columns is the cost of the change of design
-alone. All rows run in one process and share the library's in-memory
-feature cache, as CV folds and search candidates do in a user's session.
+alone. All rows run in one process; the in-memory feature cache is emptied
+before each row, so every row starts cold, as a user's session would, and
+its folds and search candidates then share the cache as they do there.
 
 Usage::
 
@@ -48,6 +49,8 @@ from accuracy_datasets import load_emoji_designs, load_tuxpaint
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils._param_validation import InvalidParameterError
+
+from sktransfer import clear_feature_cache
 
 # dataset name -> (training set, other sets scored on the same test items)
 DATASETS = {
@@ -173,6 +176,7 @@ def run_dataset(name, sets, rows, results, quick):
             log(f"[{train.name}] {row.name}: {entry['status']}")
             continue
         log(f"[{train.name}] {row.name}")
+        clear_feature_cache()
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
