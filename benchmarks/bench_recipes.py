@@ -40,6 +40,12 @@ VARIANTS = {
     "unfreeze=2 layer_decay 0.5": {"unfreeze": 2, "layer_decay": 0.5},
     "unfreeze=2 layer_decay 0.75": {"unfreeze": 2, "layer_decay": 0.75},
     "unfreeze=1 augment light": {"unfreeze": 1, "augment": "light"},
+    "unfreeze=1 augment light 2 views": {
+        "unfreeze": 1, "augment": "light", "augment_views": 2
+    },
+    "unfreeze=1 augment light 3 views": {
+        "unfreeze": 1, "augment": "light", "augment_views": 3
+    },
     "unfreeze=1 augment classic": {"unfreeze": 1, "augment": "classic"},
     "unfreeze=1 tta flip": {"unfreeze": 1, "tta": "flip"},
     "unfreeze=1 augment light + tta flip": {

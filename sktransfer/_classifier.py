@@ -121,6 +121,16 @@ class PretrainedCNNClassifier(
         ``v2.Compose([...])``: scikit-learn copies grid values by calling
         their ``get_params``, which some transforms define for another
         purpose.
+    augment_views : int or None, default=None
+        With augmentation, ``None`` draws a new view of every image each
+        epoch, so the frozen part runs on every augmented batch. An int
+        ``K`` instead runs the frozen part once on ``K`` random views of
+        each image (plus its evaluation view, for validation and the head
+        probe) and trains each epoch on one of them per image, drawn at
+        random: the frozen part then costs ``K`` passes instead of
+        ``max_epochs``, and the features take ``K + 1`` times the memory of
+        the feature cache (within ``cache_max_gb``, else ``fit`` warns and
+        uses ``None``).
     tta : bool or {"flip", "crops"}, default=False
         Test-time augmentation in :meth:`predict_proba` (and so
         :meth:`predict` and :meth:`score`): class probabilities averaged over
@@ -259,6 +269,7 @@ class PretrainedCNNClassifier(
         "backbone_lr_ratio": [Interval(Real, 0, None, closed="left")],
         "optimizer": [StrOptions(set(OPTIMIZERS)), type],
         "augment": AUGMENT_CONSTRAINT,
+        "augment_views": [Interval(Integral, 1, None, closed="left"), None],
         "tta": TTA_CONSTRAINT,
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
@@ -303,6 +314,7 @@ class PretrainedCNNClassifier(
         optimizer="adamw",
         image_size=None,
         augment=False,
+        augment_views=None,
         tta=False,
         early_stopping=False,
         validation_fraction=0.1,
@@ -341,6 +353,7 @@ class PretrainedCNNClassifier(
         self.optimizer = optimizer
         self.image_size = image_size
         self.augment = augment
+        self.augment_views = augment_views
         self.tta = tta
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
@@ -553,6 +566,11 @@ class PretrainedCNNClassifier(
         )
         recipe = Recipe.of(self, max_epochs=max_epochs)
         with seeded(seed, self.device_):
+            if self.augment_views is not None and self.augment is not False:
+                images = images.with_view_features(
+                    frozen_pass, self.augment_views, max_gb=self.cache_max_gb,
+                    num_workers=recipe.loader_workers(len(paths)),
+                )
             result = train_transfer_model(
                 self.model_, recipe, images=images, features=features,
                 frozen_pass=frozen_pass, y=y, y_encoded=y_encoded,

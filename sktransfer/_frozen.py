@@ -43,6 +43,7 @@ __all__ = [
     "frozen_cache_key",
     "map_features",
     "map_views",
+    "view_features",
     "training_features",
 ]
 
@@ -454,6 +455,58 @@ def map_views(frozen_pass, X, views, fn):
             outputs.append(tta_average(logits, batch, views))
     _raise_bad_inputs(errors)
     return torch.cat(outputs)
+
+
+def view_features(frozen_pass, decoded, transforms, *, max_bytes=None,
+                  num_workers=0):
+    """Frozen features of every stored image under each of ``transforms``.
+
+    Parameters
+    ----------
+    frozen_pass : FrozenPass
+        The prefix, device and precision (its cache is not used: random
+        views are never served to another fit).
+    decoded : DecodedImages
+        The images, without bad rows.
+    transforms : list of callable
+        Each maps a stored ``uint8`` image to the prefix's input.
+    max_bytes : int or None, default=None
+        Bound on the result, checked after the first batch.
+    num_workers : int, default=0
+        DataLoader processes applying the transforms.
+
+    Returns
+    -------
+    features : torch.Tensor of shape (len(transforms), n_images, ...)
+        float32 on the CPU.
+
+    Raises
+    ------
+    FeatureCacheTooLarge
+        When the features would take more than ``max_bytes``.
+    """
+    device = torch.device(frozen_pass.device)
+    out = None
+    for v, transform in enumerate(transforms):
+        loader = DataLoader(
+            decoded.dataset(transform=transform), batch_size=frozen_pass.batch_size,
+            num_workers=num_workers,
+        )
+        with torch.inference_mode(), autocast_context(device, frozen_pass.dtype):
+            for images, rows in loader:
+                images = images.to(device).contiguous(memory_format=torch.channels_last)
+                batch = frozen_pass.module(images).float().cpu()
+                if out is None:
+                    shape = (len(transforms), len(decoded), *batch.shape[1:])
+                    n_bytes = math.prod(shape) * 4
+                    if max_bytes is not None and n_bytes > max_bytes:
+                        raise FeatureCacheTooLarge(
+                            n_bytes, max_bytes, tuple(batch.shape[1:]),
+                            len(transforms) * len(decoded),
+                        )
+                    out = torch.empty(shape)
+                out[v, rows] = batch
+    return out
 
 
 def _decode_only(image):

@@ -183,10 +183,11 @@ def train_transfer_model(model, recipe, *, images, features, frozen_pass, y,
         return run_in_batches(fn, rows, batch_size=recipe.batch_size,
                               device=device, autocast_dtype=autocast_dtype)
 
+    clean = features if features is not None else images.centre
     if probe:
         losses = fit_head_lbfgs(
             model.suffix.head,
-            _probe_embeddings(model, frozen_pass, images, features, train_idx, run),
+            _probe_embeddings(model, frozen_pass, images, clean, train_idx, run),
             targets[train_idx],
             C=recipe.C,
             sample_weight=None if weights is None else weights[train_idx],
@@ -199,7 +200,10 @@ def train_transfer_model(model, recipe, *, images, features, frozen_pass, y,
                 "epoch": 1, "train_loss": losses[-1], "lbfgs_iterations": len(losses),
             }])
             return TrainingResult(None, False, record, recipe.batch_size)
-    if features is not None:
+    if images.views is not None:  # precomputed random views of the prefix
+        module, num_workers = model.suffix, 0
+        train, valid = images.datasets(train_idx, valid_idx, targets, weights)
+    elif features is not None:
         module, num_workers = model.suffix, 0
         train = tensor_dataset(features, targets, weights, train_idx)
         valid = (
@@ -239,7 +243,7 @@ def train_transfer_model(model, recipe, *, images, features, frozen_pass, y,
     # splitting them over threads costs more in synchronisation than it
     # saves (several times over when the cores are busy, e.g. parallel
     # search), so such fits run on one thread.
-    small = features is not None and features.dim() == 2
+    small = clean is not None and clean.dim() == 2
     with (
         torch_threads(1) if small else contextlib.nullcontext(),
         cudnn_autotuning(device),

@@ -69,6 +69,7 @@ DOCUMENTED = [
     ("augment", False), ("augment", True), ("augment", "light"),
     ("augment", "classic"), ("augment", "trivialaugment"),
     ("augment", "<v2 transform>"),
+    ("augment_views", None), ("augment_views", 2),
     ("tta", False), ("tta", True), ("tta", "flip"), ("tta", "crops"),
     ("early_stopping", False), ("early_stopping", True),
     ("validation_fraction", 0.3), ("n_iter_no_change", 1),

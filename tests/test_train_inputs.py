@@ -198,3 +198,79 @@ def test_augmented_model_predicts_on_the_evaluation_view(colour_images, tiny_par
     with torch.no_grad():
         logits = map_features(frozen_pass, X, lambda f: clf.model_.suffix(f))
     np.testing.assert_allclose(first, torch.softmax(logits.double(), 1), atol=1e-6)
+
+
+# -- augment_views: random views through the frozen part once per fit ----------
+
+
+@pytest.fixture
+def frozen_images(monkeypatch):
+    """Counts images passing through the frozen part of every model built."""
+    import sktransfer._classifier as classifier_module
+
+    seen = []
+    original = classifier_module.build_transfer_module
+
+    def build_and_count(*args, **kwargs):
+        module = original(*args, **kwargs)
+        module.frozen.register_forward_hook(
+            lambda m, inputs, out: seen.append(inputs[0].shape[0])
+        )
+        return module
+
+    monkeypatch.setattr(classifier_module, "build_transfer_module", build_and_count)
+    return seen
+
+
+@pytest.mark.parametrize("unfreeze", [0, 1])
+def test_augment_views_run_the_frozen_part_once_per_view(
+    colour_images, tiny_params, frozen_images, unfreeze
+):
+    X, y = colour_images
+    params = dict(tiny_params, augment=True, unfreeze=unfreeze, max_epochs=4)
+    PretrainedCNNClassifier(**params, augment_views=2).fit(X, y)
+    assert sum(frozen_images) == len(X) * (1 + 2)  # centre view + 2 random
+    frozen_images.clear()
+    PretrainedCNNClassifier(**params).fit(X, y)
+    assert sum(frozen_images) == len(X) * 4  # every epoch
+
+
+def test_augment_views_train_on_random_precomputed_rows(colour_images):
+    images = _training_images(colour_images, True)
+    n = len(images.paths)
+    views = torch.arange(3 * n, dtype=torch.float32).reshape(3, n, 1)
+    images.views, images.centre = views, torch.full((n, 1), -1.0)
+    targets = torch.arange(n)
+    train, valid = images.datasets(np.arange(n - 4), np.arange(n - 4, n),
+                                   targets, None)
+    torch.manual_seed(0)
+    rows = [train[i] for i in range(len(train))] * 20
+    picked = {int(x) // n for x, _ in rows}
+    assert picked == {0, 1, 2}  # every view is drawn
+    assert all(int(x) % n == int(t) for x, t in rows)  # of the right image
+    assert all(float(valid[i][0]) == -1.0 for i in range(len(valid)))  # centre
+
+
+def test_augment_views_over_the_memory_bound_fall_back(colour_images, tiny_params,
+                                                       frozen_images):
+    X, y = colour_images
+    clf = PretrainedCNNClassifier(**tiny_params, augment=True, augment_views=2,
+                                  unfreeze=1)
+    # Room for the decoded images (24 x 3 x 36 x 36 bytes), not for the
+    # feature maps of 3 views (3 x 24 x 16 x 8 x 8 floats).
+    clf.set_params(cache_max_gb=100_000 / 1024**3)
+    with pytest.warns(UserWarning, match="augment_views=2 is ignored"):
+        clf.fit(X, y)
+    assert len(clf.history_) == tiny_params["max_epochs"]
+    # One batch of views before the bound was known, then every epoch.
+    assert sum(frozen_images[1:]) == len(X) * tiny_params["max_epochs"]
+
+
+def test_augment_views_fit_is_repeatable_and_probes_the_clean_view(
+    colour_images, tiny_params
+):
+    X, y = colour_images
+    params = dict(tiny_params, augment="classic", augment_views=2, unfreeze=1,
+                  head_solver="lbfgs")
+    a, b = (PretrainedCNNClassifier(**params).fit(X, y) for _ in range(2))
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
