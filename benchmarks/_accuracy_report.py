@@ -155,11 +155,15 @@ def check_targets(results):
     else:
         checks.append(_unavailable("augment cost", target, FINE_TUNED, AUGMENT))
 
-    target = "frozen default fit time <= 2x LR fit time after extraction"
+    # "After extraction": the frozen row's later folds, whose images the
+    # first fold's fit and scoring already put in the feature cache.
+    target = ("frozen default fit time <= 2x LR fit time after extraction "
+              "(folds after the first)")
     rows = results["rows"]
     if probe and frozen:
         ratios = {
-            t: np.mean(rows[FROZEN]["fit_s"][t]) / np.mean(rows[PROBE]["fit_s"][t])
+            t: np.mean(rows[FROZEN]["fit_s"][t][1:] or rows[FROZEN]["fit_s"][t])
+            / np.mean(rows[PROBE]["fit_s"][t])
             for t in rows[PROBE]["fit_s"]
         }
         ok = max(ratios.values()) <= 2

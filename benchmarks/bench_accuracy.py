@@ -246,6 +246,9 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", default=None,
                         help=f"package and image cache (default {default_data_dir()})")
     parser.add_argument("--out", default=None, help="write the results as JSON")
+    parser.add_argument("--report", default=None, metavar="RESULTS_JSON",
+                        help="print the tables and checks of a saved run, "
+                             "with the current checks, and exit")
     args = parser.parse_args(argv)
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown = [d for d in args.datasets if d not in DATASETS]
@@ -262,8 +265,31 @@ def parse_args(argv=None):
     return args
 
 
+def report(results):
+    folds_note = "1 fold (--quick)" if results["quick"] else f"{N_FOLDS}-fold"
+    print(f"\n{BACKBONE}, {folds_note} StratifiedKFold(shuffle=True, "
+          f"random_state={SEED}); mean ± std over folds\n")
+    print(accuracy_table(results))
+    print("\n" + fit_time_table(results))
+    print("\n" + checks_text(results["checks"]))
+    for name, row in results["rows"].items():
+        if row.get("best_params"):
+            print(f"\n{name}, best parameters per fold: {row['best_params']}")
+        if row.get("warnings"):
+            print(f"\n{name}, warnings: " + "; ".join(row["warnings"]))
+    print(f"\ntotal {results['total_s'] / 60:.1f} min; load average (1, 5, 15 min) "
+          f"{results['machine']['load_average_start']} at the start, "
+          f"{results['machine']['load_average_end']} at the end")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.report:
+        with open(args.report) as f:
+            results = json.load(f)
+        results["checks"] = check_targets(results)
+        report(results)
+        return results
     start = time.perf_counter()
     command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
     results = {"machine": machine(), "command": command, "quick": args.quick,
@@ -281,20 +307,7 @@ def main(argv=None):
     results["checks"] = check_targets(results)
     results["total_s"] = time.perf_counter() - start
     results["machine"]["load_average_end"] = _load_average()
-    folds_note = "1 fold (--quick)" if args.quick else f"{N_FOLDS}-fold"
-    print(f"\n{BACKBONE}, {folds_note} StratifiedKFold(shuffle=True, "
-          f"random_state={SEED}); mean ± std over folds\n")
-    print(accuracy_table(results))
-    print("\n" + fit_time_table(results))
-    print("\n" + checks_text(results["checks"]))
-    for name, row in results["rows"].items():
-        if row.get("best_params"):
-            print(f"\n{name}, best parameters per fold: {row['best_params']}")
-        if row.get("warnings"):
-            print(f"\n{name}, warnings: " + "; ".join(row["warnings"]))
-    print(f"\ntotal {results['total_s'] / 60:.1f} min; load average (1, 5, 15 min) "
-          f"{results['machine']['load_average_start']} at the start, "
-          f"{results['machine']['load_average_end']} at the end")
+    report(results)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
