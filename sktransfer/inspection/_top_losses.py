@@ -83,10 +83,10 @@ class TopLossesDisplay:
     def from_estimator(cls, estimator, X, y, *, k=9, n_cols=None, ax=None):
         """Find the ``k`` images of highest loss and plot them.
 
-        The losses come from :meth:`~sktransfer.PretrainedCNNClassifier.
-        predict_proba` (with the estimator's ``tta``, if any); ties keep
-        the order of ``X``. Use held-out images: on the training images the
-        losses mostly show what the model memorised.
+        The losses come from the estimator's ``predict_proba`` (with its
+        ``tta``, if any); ties keep the order of ``X``. Use held-out
+        images: on the training images the losses mostly show what the
+        model memorised.
 
         Parameters
         ----------
