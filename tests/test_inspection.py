@@ -1,5 +1,7 @@
 """sktransfer.inspection: class-activation maps and top losses."""
 
+import sys
+
 import joblib
 import matplotlib
 import numpy as np
@@ -10,7 +12,12 @@ from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from sktransfer import BackboneSpec, PretrainedCNNClassifier, register_backbone
+from sktransfer import (
+    BackboneSpec,
+    BadImagesError,
+    PretrainedCNNClassifier,
+    register_backbone,
+)
 from sktransfer._transforms import Preprocessing
 from sktransfer.backbones import BackboneParts
 from sktransfer.inspection import GradCAMDisplay, TopLossesDisplay
@@ -319,3 +326,22 @@ def test_plot_on_given_axes(three_clf, three_class_images):
         display.plot(n_cols=0)
     default = display.plot()
     assert default.axes_.shape == (2, 2) and default.figure_ is not fig
+
+
+@pytest.mark.parametrize("display_cls", [GradCAMDisplay, TopLossesDisplay])
+def test_missing_matplotlib_names_the_extra(display_cls, monkeypatch, tiny_params):
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    args = ([] if display_cls is GradCAMDisplay else [["a"]])
+    # Before anything else: the estimator is not even fitted.
+    with pytest.raises(ImportError, match=r"sktransfer\[plot\]"):
+        display_cls.from_estimator(
+            PretrainedCNNClassifier(**tiny_params), ["a.png"], *args
+        )
+
+
+def test_bad_image_files_are_listed(three_clf, three_class_images, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    X = [three_class_images[0][0], str(broken)]
+    with pytest.raises(BadImagesError, match="broken.png"):
+        GradCAMDisplay.from_estimator(three_clf, X)

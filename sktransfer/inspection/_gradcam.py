@@ -4,6 +4,7 @@ from numbers import Real
 
 import numpy as np
 
+from .._plotting import import_pyplot
 from ._cam import METHODS, class_activation_maps
 from ._views import (
     check_classifier,
@@ -127,6 +128,7 @@ class GradCAMDisplay:
         display : GradCAMDisplay
             The maps in ``heatmaps``, drawn on ``figure_``.
         """
+        import_pyplot()  # before any work, as scikit-learn's displays do
         check_classifier(estimator, cls.__name__)
         if method not in METHODS:
             raise ValueError(

@@ -4,6 +4,7 @@ import numpy as np
 
 from .._data import check_image_paths
 from .._labels import check_targets
+from .._plotting import import_pyplot
 from ._views import (
     check_classifier,
     check_positive_int,
@@ -109,6 +110,7 @@ class TopLossesDisplay:
         display : TopLossesDisplay
             The chosen images and their losses, drawn on ``figure_``.
         """
+        import_pyplot()  # before any work, as scikit-learn's displays do
         check_classifier(estimator, cls.__name__)
         k = check_positive_int(k, "k")
         paths = check_image_paths(X)
