@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 from .._runtime import autocast_context
 
-__all__ = ["METHODS", "class_activation_maps", "model_blocks"]
+__all__ = ["METHODS", "class_activation_maps", "model_blocks", "resolve_layer"]
 
 METHODS = ("hirescam", "gradcam")
 

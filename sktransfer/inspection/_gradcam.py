@@ -4,8 +4,9 @@ from numbers import Real
 
 import numpy as np
 
+from .._data import check_image_paths
 from .._plotting import import_pyplot
-from ._cam import METHODS, class_activation_maps
+from ._cam import METHODS, class_activation_maps, model_blocks, resolve_layer
 from ._views import (
     check_classifier,
     check_positive_int,
@@ -136,9 +137,11 @@ class GradCAMDisplay:
             )
         _check_alpha(alpha)
         batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
-        inputs, images = load_views(estimator, X)
+        paths = check_image_paths(X)
+        # Arguments are checked before any image is read.
+        resolve_layer(layer, len(model_blocks(estimator)[0]))
         classes = estimator.classes_
-        n = len(images)
+        n = len(paths)
         if target is None:
             targets = None
         elif np.ndim(target) == 0:
@@ -152,6 +155,7 @@ class GradCAMDisplay:
                     "class)."
                 )
         batch_size = batch_size or estimator.batch_size
+        inputs, images = load_views(estimator, paths)
         heatmaps, proba = class_activation_maps(
             estimator, inputs, targets, layer=layer, method=method,
             batch_size=batch_size,
