@@ -173,9 +173,11 @@ def _plain_sklearn_roles(app, what, name, obj, options, lines):
 # -- Every public name is in the API reference ---------------------------------
 def _check_public_names_documented(app, env):
     import sktransfer.datasets
+    import sktransfer.inspection
 
     public = [f"sktransfer.{name}" for name in sktransfer.__all__]
-    public += [f"sktransfer.datasets.{name}" for name in sktransfer.datasets.__all__]
+    for sub in (sktransfer.datasets, sktransfer.inspection):
+        public += [f"{sub.__name__}.{name}" for name in sub.__all__]
     documented = env.get_domain("py").objects
     for name in public:
         if name not in documented:

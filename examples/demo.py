@@ -10,7 +10,9 @@ from-scratch baseline:
    trained from random weights; a table of accuracy and fit time;
 2. a grid search over ``unfreeze`` and ``lr`` on a training split;
 3. the best model on the held-out split: ``confusion_matrix.png`` and
-   ``predictions.png`` in ``demo_output/``;
+   ``predictions.png`` in ``demo_output/``, and what it looks at and gets
+   wrong: ``gradcam.png`` (class-activation maps) and ``top_losses.png``
+   (the images of highest loss), from :mod:`sktransfer.inspection`;
 4. the best model saved with joblib, loaded back and used to predict.
 
 The frozen backbone's features are cached on disk in ``demo_output/cache``,
@@ -35,6 +37,7 @@ from sklearn.model_selection import (
 
 from sktransfer import PretrainedCNNClassifier, load_image_folder
 from sktransfer.datasets import emoji_folder
+from sktransfer.inspection import GradCAMDisplay, TopLossesDisplay
 
 matplotlib.use("Agg")  # files only: the demo must run without a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -163,6 +166,19 @@ def plot_predictions(paths, y_true, y_pred, path, n=24, cols=6):
     plt.close(fig)
 
 
+def plot_inspection(clf, X_test, y_test, cam_path, losses_path, n=12):
+    # Where the model finds the evidence for the class it predicts: a dozen
+    # held-out images (the maps need a backward pass, so a few seconds).
+    cam = GradCAMDisplay.from_estimator(clf, X_test[:n], n_cols=6)
+    cam.figure_.suptitle("Where the model sees its predicted class (HiResCAM)")
+    cam.figure_.savefig(cam_path, dpi=100)
+    plt.close(cam.figure_)
+    top = TopLossesDisplay.from_estimator(clf, X_test, y_test, k=9)
+    top.figure_.savefig(losses_path, dpi=100)
+    plt.close(top.figure_)
+    return top
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -196,6 +212,14 @@ def main():
     plot_confusion(y_test, y_pred, classes, OUT / "confusion_matrix.png")
     plot_predictions(X_test, y_test, y_pred, OUT / "predictions.png")
     print(f"wrote {OUT / 'confusion_matrix.png'} and {OUT / 'predictions.png'}")
+
+    step("What the best model looks at, and what it gets most wrong")
+    top = plot_inspection(best, X_test, y_test, OUT / "gradcam.png",
+                          OUT / "top_losses.png")
+    for i, loss in zip(top.indices[:3], top.losses[:3]):
+        print(f"  loss {loss:.2f}: {Path(X_test[i]).name} ({y_test[i]}) "
+              f"predicted {y_pred[i]}")
+    print(f"wrote {OUT / 'gradcam.png'} and {OUT / 'top_losses.png'}")
 
     step("Saving the best model with joblib and loading it back")
     model_path = OUT / "best_model.joblib"
