@@ -103,6 +103,7 @@ class TransferEstimatorBase(PickleSupportMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
         tags.input_tags.string = True
+        tags.input_tags.three_d_array = True  # stacked images (n, h, w[, c])
         tags.non_deterministic = True  # unless random_state is set
         return tags
 

@@ -15,13 +15,13 @@ from sklearn.utils.validation import check_is_fitted
 from ._augment import AUGMENT_CONSTRAINT, TTA_CONSTRAINT, tta_views
 from ._base import TransferEstimatorBase
 from ._compat import Interval, StrOptions, check_sample_weight, fit_context
-from ._data import check_image_paths
 from ._frozen import find_bad_images, map_features, map_views, training_features
 from ._images import BadImagesError, warn_skipped
 from ._labels import check_targets, encode_labels, fit_classes
 from ._module import build_transfer_module
 from ._recipe import Recipe, run_in_batches, train_transfer_model
 from ._runtime import limit_threads_in_worker, seeded, torch_seed
+from ._sources import check_images
 from ._train_inputs import TrainingImages, decode_training_images
 from ._training import OPTIMIZERS, optimizer_snapshot
 from ._warnings import user_stacklevel
@@ -37,7 +37,8 @@ class PretrainedCNNClassifier(
 ):
     """Image classifier from a pretrained CNN backbone and a trainable head.
 
-    ``X`` is a 1-D array-like of image file paths. The backbone is cut into
+    ``X`` holds one image per sample: file paths, URLs, PIL images or numpy
+    arrays (see "Inputs" in the user guide). The backbone is cut into
     ordered blocks (stem first); the last ``unfreeze`` blocks and a new head
     are trained, the rest stays frozen, BatchNorm statistics included. With
     the frozen part fixed and ``augment=False``, its output is computed once
@@ -421,7 +422,7 @@ class PretrainedCNNClassifier(
         keep = np.ones(len(paths), dtype=bool)
         if not errors:
             return keep
-        bad = [(paths[i], reason) for i, reason in errors]
+        bad = [(paths.label(i), reason) for i, reason in errors]
         if self.on_bad_image == "raise" or len(errors) == len(paths):
             raise BadImagesError(
                 bad,
@@ -447,8 +448,10 @@ class PretrainedCNNClassifier(
 
         Parameters
         ----------
-        X : array-like of shape (n_samples,)
-            Image file paths (str or pathlib.Path).
+        X : array-like of shape (n_samples,), DataFrame or ndarray
+            Image file paths (str or pathlib.Path), URLs, PIL images or
+            image arrays; a one-column DataFrame of them; or images stacked
+            as an array of shape (n_samples, h, w) or (n_samples, h, w, c).
         y : array-like of shape (n_samples,)
             Class labels (strings, integers, ...).
         sample_weight : array-like of shape (n_samples,) or None, default=None
@@ -476,8 +479,8 @@ class PretrainedCNNClassifier(
 
         Parameters
         ----------
-        X : array-like of shape (n_samples,)
-            Image file paths.
+        X : array-like of shape (n_samples,), DataFrame or ndarray
+            Images, in any form :meth:`fit` takes.
         y : array-like of shape (n_samples,)
             Class labels.
         classes : array-like of shape (n_classes,) or None, default=None
@@ -505,7 +508,7 @@ class PretrainedCNNClassifier(
 
     def _fit(self, X, y, sample_weight, *, warm, max_epochs, classes=None,
              continued=False):
-        paths = check_image_paths(X)
+        paths = check_images(X)
         y = check_targets(y, len(paths))
         limit_threads_in_worker()
         if sample_weight is not None:
@@ -721,8 +724,8 @@ class PretrainedCNNClassifier(
 
         Parameters
         ----------
-        X : array-like of shape (n_samples,)
-            Image file paths.
+        X : array-like of shape (n_samples,), DataFrame or ndarray
+            Images, in any form :meth:`fit` takes.
 
         Returns
         -------
@@ -747,8 +750,8 @@ class PretrainedCNNClassifier(
 
         Parameters
         ----------
-        X : array-like of shape (n_samples,)
-            Image file paths.
+        X : array-like of shape (n_samples,), DataFrame or ndarray
+            Images, in any form :meth:`fit` takes.
 
         Returns
         -------
@@ -768,8 +771,8 @@ class PretrainedCNNClassifier(
 
         Parameters
         ----------
-        X : array-like of shape (n_samples,)
-            Image file paths.
+        X : array-like of shape (n_samples,), DataFrame or ndarray
+            Images, in any form :meth:`fit` takes.
 
         Returns
         -------

@@ -1,15 +1,12 @@
 """Validate arrays of image paths and feed them to torch through Datasets."""
 
-import numbers
-import os
-
 import numpy as np
 import torch
-from scipy.sparse import issparse
 from skorch.dataset import Dataset as SkorchDataset
 from torch.utils.data import Dataset
 
-from ._images import ImageLoadError, load_rgb_image
+from ._images import ImageLoadError
+from ._sources import MEMORY, as_image_sources, check_images, describe_value
 
 __all__ = [
     "ImageDataset",
@@ -24,59 +21,24 @@ def check_image_paths(X, *, name="X"):
     """Validate ``X`` as a 1-D sequence of paths; return an object array of str.
 
     Object dtype matters: a numpy unicode array is as wide as its longest
-    path times four bytes, for every element.
+    path times four bytes, for every element. URLs count as paths here; the
+    estimators take in-memory images too, through
+    :func:`~sktransfer._sources.check_images`.
     """
-    if issparse(X):
-        raise TypeError(
-            f"{name} is a sparse matrix; sparse input is not supported. Pass a "
-            "1-D array-like of image file paths."
-        )
-    if hasattr(X, "to_numpy"):  # pandas Series / Index
-        X = X.to_numpy(dtype=object)
-    if isinstance(X, (str, os.PathLike)):
+    sources = check_images(X, name=name)
+    in_memory = np.flatnonzero(sources.kinds == MEMORY)
+    if in_memory.size:
+        i = int(in_memory[0])
         raise ValueError(
-            f"{name} must be a 1-D array-like of image file paths, got a single "
-            f"path {os.fspath(X)!r}. Wrap it in a list: [{os.fspath(X)!r}]."
+            f"{name}[{i}] is {describe_value(sources[i])}, not an image file "
+            f"path. Every element of {name} must be a str or pathlib.Path "
+            "naming an image file."
         )
-    try:
-        arr = np.asarray(X, dtype=object)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"{name} must be a 1-D array-like of image file paths: {exc}"
-        ) from None
-    if arr.ndim != 1:
-        raise ValueError(
-            f"{name} must be a 1-D array-like of image file paths, got an array "
-            f"of shape {arr.shape}. Pass one path per sample, e.g. a list of "
-            "str or a pandas Series."
-        )
-    if arr.shape[0] == 0:
-        raise ValueError(
-            f"{name} is empty: found 0 image paths while a minimum of 1 is "
-            "required."
-        )
-    out = np.empty(arr.shape[0], dtype=object)
-    for i, value in enumerate(arr):
-        if isinstance(value, (str, os.PathLike)) and os.fspath(value) != "":
-            out[i] = os.fspath(value)
-            continue
-        if value is None or (isinstance(value, float) and np.isnan(value)):
-            what = "a missing value (None or NaN)"
-        elif isinstance(value, (numbers.Number, np.generic)):
-            what = f"the number {value!r}"
-        elif isinstance(value, str):
-            what = "an empty string"
-        else:
-            what = f"a {type(value).__name__}"
-        raise ValueError(
-            f"{name}[{i}] is {what}, not an image file path. Every element of "
-            f"{name} must be a str or pathlib.Path naming an image file."
-        )
-    return out
+    return sources.items
 
 
 class ImageDataset(Dataset):
-    """Images at ``paths`` as transformed tensors.
+    """Images of ``paths`` as transformed tensors.
 
     Items are ``(image, target)``. With ``targets=None`` the target is the
     sample's index and load failures are returned, not raised, as a zero
@@ -85,8 +47,8 @@ class ImageDataset(Dataset):
 
     Parameters
     ----------
-    paths : array-like of str
-        Image files.
+    paths : ImageSources or array-like of str
+        The images (see :func:`~sktransfer._sources.check_images`).
     transform : callable
         Maps an RGB Pillow image to a tensor.
     targets : array-like of int or None, default=None
@@ -101,7 +63,7 @@ class ImageDataset(Dataset):
     def __init__(
         self, paths, transform, targets=None, max_image_pixels=None, min_side=None
     ):
-        self.paths = paths
+        self.paths = as_image_sources(paths)
         self.transform = transform
         self.targets = targets
         self.max_image_pixels = max_image_pixels
@@ -111,10 +73,8 @@ class ImageDataset(Dataset):
         return len(self.paths)
 
     def _load(self, i):
-        img = load_rgb_image(
-            self.paths[i],
-            max_image_pixels=self.max_image_pixels,
-            min_side=self.min_side,
+        img = self.paths.open(
+            i, max_image_pixels=self.max_image_pixels, min_side=self.min_side
         )
         return self.transform(img)
 

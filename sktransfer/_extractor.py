@@ -6,10 +6,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import TransferEstimatorBase
 from ._compat import fit_context
-from ._data import check_image_paths
 from ._frozen import map_features
 from ._module import frozen_prefix
 from ._runtime import seeded, torch_seed
+from ._sources import check_images
 
 __all__ = ["PretrainedFeatureExtractor"]
 
@@ -19,7 +19,8 @@ class PretrainedFeatureExtractor(
 ):
     """Pooled embeddings of images from a frozen pretrained CNN.
 
-    ``X`` is a 1-D array-like of image file paths; :meth:`transform` returns
+    ``X`` holds one image per sample (file paths, URLs, PIL images or numpy
+    arrays; see "Inputs" in the user guide); :meth:`transform` returns
     one row of ``n_features_out`` floats per image, so any scikit-learn model
     can be trained on top (logistic regression, kNN, SVMs, ...). Embeddings
     go through the same feature cache as :class:`PretrainedCNNClassifier`,
@@ -140,8 +141,10 @@ class PretrainedFeatureExtractor(
 
         Parameters
         ----------
-        X : array-like of shape (n_samples,)
-            Image file paths; only validated, not read.
+        X : array-like of shape (n_samples,), DataFrame or ndarray
+            Image file paths, URLs, PIL images or image arrays, a one-column
+            DataFrame of them, or images stacked as an array of shape
+            (n_samples, h, w) or (n_samples, h, w, c); only validated, not read.
         y : None
             Ignored.
 
@@ -150,7 +153,7 @@ class PretrainedFeatureExtractor(
         self : PretrainedFeatureExtractor
             The fitted extractor.
         """
-        check_image_paths(X)
+        check_images(X)
         self._setup_runtime()
         self.torch_seed_ = torch_seed(self.random_state)
         # Seeded exactly as the classifier builds its backbone, so a random
@@ -167,8 +170,8 @@ class PretrainedFeatureExtractor(
 
         Parameters
         ----------
-        X : array-like of shape (n_samples,)
-            Image file paths.
+        X : array-like of shape (n_samples,), DataFrame or ndarray
+            Images, in any form :meth:`fit` takes.
 
         Returns
         -------
@@ -181,5 +184,5 @@ class PretrainedFeatureExtractor(
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.requires_fit = True
-        tags.transformer_tags.preserves_dtype = []  # paths in, float32 out
+        tags.transformer_tags.preserves_dtype = []  # images in, float32 out
         return tags

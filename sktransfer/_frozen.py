@@ -21,16 +21,12 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ._augment import tta_average
-from ._cache import (
-    DiskFeatureStore,
-    image_fingerprint,
-    model_cache_key,
-    module_structure_digest,
-)
-from ._data import ImageDataset, check_image_paths, collate_with_errors
+from ._cache import DiskFeatureStore, model_cache_key, module_structure_digest
+from ._data import ImageDataset, collate_with_errors
 from ._decoded import DecodedImages
-from ._images import BadImagesError, ImageLoadError, check_image_header
+from ._images import BadImagesError, ImageLoadError
 from ._runtime import autocast_context, cudnn_autotuning, default_num_workers
+from ._sources import as_image_sources, check_images
 from ._transforms import eval_transform
 from ._warnings import user_stacklevel
 
@@ -54,7 +50,7 @@ PREDICT_CHUNK = 1024
 
 @dataclass(frozen=True)
 class FrozenPass:
-    """How to run a frozen prefix over image files, and where to cache it.
+    """How to run a frozen prefix over images, and where to cache it.
 
     Parameters
     ----------
@@ -264,7 +260,7 @@ def _lookup(frozen_pass, stores, model_key, paths, fingerprints, rows):
     A hit in a later (slower) store is copied into the earlier ones, so the
     next lookup of an on-disk entry is served from memory. A disk entry is
     used only with the shape the prefix produces. Every hit is checked as a
-    miss would be, up to decoding (:func:`check_image_header`): the pixel
+    miss would be, up to decoding (:meth:`ImageSources.check`): the pixel
     limit and the bad-image policy hold whether or not features were cached.
     """
     hits = [False] * len(fingerprints)
@@ -283,9 +279,7 @@ def _lookup(frozen_pass, stores, model_key, paths, fingerprints, rows):
             if found is None:
                 continue
             try:
-                check_image_header(
-                    paths[i], max_image_pixels=frozen_pass.max_image_pixels
-                )
+                paths.check(i, max_image_pixels=frozen_pass.max_image_pixels)
             except ImageLoadError as exc:
                 errors.append((i, exc.reason))
                 hits[i] = True  # nothing to compute: the file is refused
@@ -306,8 +300,8 @@ def extract_features(frozen_pass, paths, *, max_bytes=None, use_cache=True,
     ----------
     frozen_pass : FrozenPass
         The prefix and how to run and cache it.
-    paths : ndarray of str
-        Image files.
+    paths : ImageSources or ndarray of str
+        The images (see :func:`~sktransfer._sources.check_images`).
     max_bytes : int or None, default=None
         Bound on the returned tensor. It is checked as soon as the size of
         one row is known (the first cache hit or the first computed batch),
@@ -328,10 +322,11 @@ def extract_features(frozen_pass, paths, *, max_bytes=None, use_cache=True,
     FeatureCacheTooLarge
         When the features would take more than ``max_bytes``.
     """
+    paths = as_image_sources(paths)
     n = len(paths)
     model_key = frozen_pass.cache_key if use_cache else None
     stores = list(frozen_pass.stores) if model_key is not None else []
-    fingerprints = [image_fingerprint(p) for p in paths] if stores else [None] * n
+    fingerprints = paths.fingerprints() if stores else [None] * n
     rows = _Rows(n, max_bytes)
     hits, errors = _lookup(frozen_pass, stores, model_key, paths, fingerprints, rows)
     misses = [i for i in range(n) if not hits[i]]
@@ -392,13 +387,13 @@ def map_features(frozen_pass, X, fn):
     (``unfreeze>0``) over many images is never held in memory at once.
     Bad files raise, listing every one, after all chunks were read.
     """
-    paths = check_image_paths(X)
+    paths = check_images(X)
     outputs, errors = [], []
     for start in range(0, len(paths), PREDICT_CHUNK):
         features, chunk_errors = extract_features(
             frozen_pass, paths[start : start + PREDICT_CHUNK]
         )
-        errors.extend((paths[start + i], reason) for i, reason in chunk_errors)
+        errors.extend((paths.label(start + i), reason) for i, reason in chunk_errors)
         if not errors:
             outputs.append(fn(features))
     _raise_bad_inputs(errors)
@@ -427,7 +422,7 @@ def map_views(frozen_pass, X, views, fn):
     -------
     proba : torch.Tensor of shape (n_images, n_classes)
     """
-    paths = check_image_paths(X)
+    paths = check_images(X)
     device = torch.device(frozen_pass.device)
 
     def logits(batch):
@@ -447,7 +442,7 @@ def map_views(frozen_pass, X, views, fn):
             chunk, frozen_pass.preprocessing, num_workers=num_workers,
             batch_size=batch_size, max_image_pixels=frozen_pass.max_image_pixels,
         )
-        errors.extend((chunk[i], reason) for i, reason in decoded.errors)
+        errors.extend((chunk.label(i), reason) for i, reason in decoded.errors)
         if errors:
             continue
         for first in range(0, len(decoded), batch_size):

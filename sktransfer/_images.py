@@ -22,9 +22,14 @@ __all__ = [
     "ALLOWED_FORMATS",
     "BadImagesError",
     "check_image_header",
+    "check_pixel_limit",
     "ImageLoadError",
     "format_bad_images",
     "load_rgb_image",
+    "read_image_header",
+    "read_rgb_image",
+    "rgb_from_pil",
+    "upright_rgb",
     "warn_skipped",
 ]
 
@@ -165,16 +170,8 @@ def to_rgb(img):
 
 def _identify_within_limit(fp, path, max_image_pixels):
     """The opened (not yet decoded) image, refused if it has too many pixels."""
-    limit = default_max_image_pixels() if max_image_pixels is None else max_image_pixels
     img = _identify(fp, path)
-    n_pixels = img.size[0] * img.size[1]
-    if limit is not None and n_pixels > limit:
-        raise ImageLoadError(
-            path,
-            f"image has {n_pixels:,} pixels, more than the limit of "
-            f"{limit:,} (a possible decompression bomb). If the file is "
-            "trusted, raise the limit with the max_image_pixels parameter.",
-        )
+    check_pixel_limit(img.size[0] * img.size[1], path, max_image_pixels)
     return img
 
 
@@ -207,7 +204,13 @@ def check_image_header(path, *, max_image_pixels=None):
     """
     _check_regular_file(path)
     with _decode_errors(path), open(path, "rb") as fp:
-        _identify_within_limit(fp, path, max_image_pixels)
+        read_image_header(fp, path, max_image_pixels=max_image_pixels)
+
+
+def read_image_header(fp, name, *, max_image_pixels=None):
+    """:func:`check_image_header` for an open binary file ``fp`` named ``name``."""
+    with _decode_errors(name):
+        _identify_within_limit(fp, name, max_image_pixels)
 
 
 def load_rgb_image(path, *, max_image_pixels=None, min_side=None):
@@ -238,9 +241,52 @@ def load_rgb_image(path, *, max_image_pixels=None, min_side=None):
     """
     _check_regular_file(path)
     with _decode_errors(path), open(path, "rb") as fp:
-        img = _identify_within_limit(fp, path, max_image_pixels)
+        return read_rgb_image(
+            fp, path, max_image_pixels=max_image_pixels, min_side=min_side
+        )
+
+
+def read_rgb_image(fp, name, *, max_image_pixels=None, min_side=None):
+    """:func:`load_rgb_image` for an open binary file ``fp`` named ``name``.
+
+    ``fp`` must be seekable; ``name`` is what errors report (a path or URL).
+    """
+    with _decode_errors(name):
+        img = _identify_within_limit(fp, name, max_image_pixels)
         if min_side is not None and img.format == "JPEG":
             img.draft(None, _draft_size(img.size, min_side))
         img.load()
-        img = ImageOps.exif_transpose(img)
-        return to_rgb(img)
+        return upright_rgb(img)
+
+
+def upright_rgb(img):
+    """``img`` turned upright by its EXIF orientation, as 8-bit RGB."""
+    return to_rgb(ImageOps.exif_transpose(img))
+
+
+def check_pixel_limit(n_pixels, name, max_image_pixels):
+    """Refuse an image of ``n_pixels`` beyond the limit, as files are refused."""
+    limit = default_max_image_pixels() if max_image_pixels is None else max_image_pixels
+    if limit is not None and n_pixels > limit:
+        raise ImageLoadError(
+            name,
+            f"image has {n_pixels:,} pixels, more than the limit of "
+            f"{limit:,} (a possible decompression bomb). If the image is "
+            "trusted, raise the limit with the max_image_pixels parameter.",
+        )
+
+
+def rgb_from_pil(img, name, *, max_image_pixels=None):
+    """An in-memory Pillow image as :func:`load_rgb_image` returns a file's.
+
+    The same pixel limit, EXIF orientation and conversion apply, so an image
+    opened with ``Image.open(path)`` gives what ``path`` gives. A lazily
+    opened image is loaded here; ``img`` itself is not changed otherwise.
+    """
+    width, height = img.size
+    if width == 0 or height == 0:
+        raise ImageLoadError(name, f"image has no pixels (size {width}x{height})")
+    check_pixel_limit(width * height, name, max_image_pixels)
+    with _decode_errors(name):
+        img.load()
+        return upright_rgb(img)
