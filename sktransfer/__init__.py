@@ -17,7 +17,7 @@ from ._images import BadImagesError, ImageLoadError
 from ._training import NonFiniteLossError
 from ._version import __version__
 from .backbones import BackboneSpec, get_backbone, list_backbones, register_backbone
-from .io import InconsistentVersionWarning, ModelFileError
+from .io import InconsistentVersionWarning, ModelFileError, export_inputs
 
 __all__ = [
     "BackboneSpec",
@@ -30,6 +30,7 @@ __all__ = [
     "PretrainedFeatureExtractor",
     "__version__",
     "clear_feature_cache",
+    "export_inputs",
     "get_backbone",
     "list_backbones",
     "load_image_folder",

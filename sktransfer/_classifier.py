@@ -707,6 +707,56 @@ class PretrainedCNNClassifier(
 
         return load_model(cls, path)
 
+    def export(self, path, format="onnx", *, input="uint8"):
+        """Export the whole network, with a softmax, for serving without sktransfer.
+
+        One file holds the frozen blocks, the trained blocks and the head,
+        in float32 for the CPU whatever ``precision`` and ``device`` it was
+        fitted with; the batch size is free. Beside it, ``<path>.json``
+        records the input, the preprocessing, ``classes_`` with their dtype,
+        the output and the library versions. :func:`sktransfer.export_inputs`
+        prepares the input from image files as :meth:`predict_proba` does,
+        and the output then equals ``predict_proba`` (with ``tta=False`` and,
+        for a model fitted in bf16 or fp16, up to that rounding). See
+        ``docs/deployment.md``.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Model file to write, e.g. ``"model.onnx"`` or ``"model.pt"``.
+        format : {"onnx", "torchscript"}, default="onnx"
+            ``"onnx"``: through ``torch.onnx.export``'s torch.export-based
+            exporter (needs ``pip install "sktransfer[onnx]"``), for
+            onnxruntime. ``"torchscript"``: ``torch.jit.trace``, for
+            ``torch.jit.load``; torch has deprecated TorchScript, so prefer
+            ONNX for new deployments.
+        input : {"uint8", "float"}, default="uint8"
+            ``"uint8"``: the input is ``images``, RGB ``uint8`` of shape
+            ``(N, 3, crop, crop)`` (``crop = preprocessing_.crop_size``),
+            already resized and centre-cropped; scaling and normalisation
+            run inside the graph. ``"float"``: normalised ``float32`` images
+            of the same shape.
+
+        Returns
+        -------
+        path : pathlib.Path
+            The model file; the sidecar is ``path`` + ``".json"``. The output
+            ``proba`` is ``(N, n_classes)`` float32 probabilities, columns in
+            the order of ``classes_``.
+
+        Examples
+        --------
+        >>> clf.export("model.onnx")  # doctest: +SKIP
+        >>> from sktransfer import export_inputs
+        >>> import onnxruntime  # doctest: +SKIP
+        >>> session = onnxruntime.InferenceSession("model.onnx")  # doctest: +SKIP
+        >>> images = export_inputs(paths, "model.onnx")  # doctest: +SKIP
+        >>> proba = session.run(None, {"images": images})[0]  # doctest: +SKIP
+        """
+        from .io import export_model
+
+        return export_model(self, path, format, input_kind=input)
+
     # -- prediction -------------------------------------------------------
 
     def _run_suffix(self, features, fn):

@@ -181,6 +181,37 @@ class PretrainedFeatureExtractor(
         features = map_features(self._frozen_pass(self.frozen_), X, lambda rows: rows)
         return np.ascontiguousarray(features.numpy(), dtype=np.float32)
 
+    def export(self, path, format="onnx", *, input="uint8"):
+        """Export the frozen backbone for serving without sktransfer.
+
+        As :meth:`PretrainedCNNClassifier.export`, with output
+        ``embeddings``: ``(N, n_features_out_)`` float32, equal to
+        :meth:`transform` on the images :func:`sktransfer.export_inputs`
+        prepares.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Model file to write; the sidecar is ``<path>.json``.
+        format : {"onnx", "torchscript"}, default="onnx"
+            ONNX (needs ``pip install "sktransfer[onnx]"``) or TorchScript.
+        input : {"uint8", "float"}, default="uint8"
+            Resized and cropped ``uint8`` images, or normalised ``float32``.
+
+        Returns
+        -------
+        path : pathlib.Path
+            The model file.
+
+        Examples
+        --------
+        >>> PretrainedFeatureExtractor("resnet18").fit(paths).export(
+        ...     "embed.onnx")  # doctest: +SKIP
+        """
+        from .io import export_model
+
+        return export_model(self, path, format, input_kind=input)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.requires_fit = True

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torchvision.transforms import v2
 
-__all__ = ["Preprocessing", "eval_transform"]
+__all__ = ["Preprocessing", "crop_transform", "eval_transform"]
 
 INTERPOLATIONS = {
     "bilinear": v2.InterpolationMode.BILINEAR,
@@ -62,13 +62,23 @@ def _tensor_steps(prep):
     ]
 
 
+def _resize_crop_steps(prep):
+    interpolation = INTERPOLATIONS[prep.interpolation]
+    return [
+        v2.Resize(prep.resize_size, interpolation=interpolation, antialias=True),
+        v2.CenterCrop(prep.crop_size),
+    ]
+
+
 def eval_transform(prep):
     """Deterministic transform: resize, centre crop, to normalised tensor."""
-    interpolation = INTERPOLATIONS[prep.interpolation]
-    return v2.Compose(
-        [
-            v2.Resize(prep.resize_size, interpolation=interpolation, antialias=True),
-            v2.CenterCrop(prep.crop_size),
-            *_tensor_steps(prep),
-        ]
-    )
+    return v2.Compose([*_resize_crop_steps(prep), *_tensor_steps(prep)])
+
+
+def crop_transform(prep):
+    """:func:`eval_transform` up to the crop: a ``uint8`` tensor ``(3, C, C)``.
+
+    What an exported model with ``input="uint8"`` receives; the scaling to
+    [0, 1] and the normalisation then happen inside its graph.
+    """
+    return v2.Compose([*_resize_crop_steps(prep), v2.ToImage()])

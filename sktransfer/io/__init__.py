@@ -5,6 +5,7 @@ Both are built on one pair of estimator methods, ``_fitted_state`` and
 estimator classes alone.
 """
 
+from ._export import export_inputs, export_model
 from ._pickle import InconsistentVersionWarning, PickleSupportMixin, library_versions
 from ._safe_format import ModelFileError, load_model, save_model
 
@@ -12,6 +13,8 @@ __all__ = [
     "InconsistentVersionWarning",
     "ModelFileError",
     "PickleSupportMixin",
+    "export_inputs",
+    "export_model",
     "library_versions",
     "load_model",
     "save_model",
