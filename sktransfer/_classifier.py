@@ -1,6 +1,5 @@
 """The public classifier: a pretrained CNN with a new head, on image paths."""
 
-import contextlib
 import warnings
 from numbers import Integral, Real
 
@@ -32,12 +31,10 @@ from ._module import build_transfer_module
 from ._probe import fit_head_lbfgs
 from ._runtime import (
     autocast_context,
-    cudnn_autotuning,
-    default_num_workers,
     limit_threads_in_worker,
+    loader_workers,
     seeded,
     torch_seed,
-    torch_threads,
 )
 from ._train_inputs import TrainingImages, decode_training_images
 from ._training import (
@@ -185,20 +182,25 @@ class PretrainedCNNClassifier(
         backbone.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Precision of the frozen forward pass (and of training on CUDA, with
-        loss scaling for fp16). ``"auto"``: bf16 on GPUs that support it,
-        else fp16; on the CPU bf16 only where the CPU has native bf16 units,
-        else fp32. ``"fp32"`` turns mixed precision off.
+        loss scaling for fp16). ``"auto"``: bf16 on GPUs with native bf16
+        (compute capability 8.0 or later: A100, H100, RTX 30xx), else fp16;
+        on the CPU bf16 only where the CPU has native bf16 units, else fp32.
+        ``"fp32"`` turns mixed precision off.
     compile : bool, default=False
         Compile the trained part with ``torch.compile`` (through skorch's
         ``compile`` option; pass its arguments as ``net_params={"compile__mode":
         ...}``). Compilation costs seconds to minutes up front and pays off on
         long GPU fits with ``unfreeze>0``; it needs a C++ compiler on the CPU.
     device : str, default="auto"
-        ``"auto"`` uses CUDA when available, else the CPU; or any torch
-        device string such as ``"cpu"`` or ``"cuda:1"``.
+        ``"auto"`` uses CUDA when available, else the CPU (in a Dask worker,
+        the worker's own GPU); or ``"cpu"``, ``"cuda"``, ``"cuda:N"``,
+        ``"mps"``. A device this machine lacks is a ``ValueError`` in
+        ``fit``; a fitted model loads on ``"auto"``'s pick where its device
+        is missing.
     num_workers : int or None, default=None
         Background processes decoding images; ``None`` picks from the number
-        of CPUs and images.
+        of CPUs and images. Always 0 in a daemonic process (a Dask worker, a
+        ``multiprocessing`` pool), which may not start them.
     on_bad_image : {"raise", "skip"}, default="raise"
         In ``fit``, unusable image files either raise one error listing all
         of them, or are dropped with their labels and a warning. Prediction
@@ -652,9 +654,7 @@ class PretrainedCNNClassifier(
         return losses
 
     def _loader_workers(self, n_images):
-        if self.num_workers is not None:
-            return self.num_workers
-        return default_num_workers(n_images, self.batch_size)
+        return loader_workers(self.num_workers, n_images, self.batch_size)
 
     def _train(self, images, features, y, y_encoded, sample_weight, *, max_epochs,
                history, seed, probe):
@@ -716,18 +716,9 @@ class PretrainedCNNClassifier(
             n_train=len(train_idx),
             label_smoothing=self.label_smoothing,
         )
-        # A head on pooled features is a few small matrix products per step:
-        # splitting them over threads costs more in synchronisation than it
-        # saves (several times over when the cores are busy, e.g. parallel
-        # search), so such fits run on one thread.
-        small = features is not None and features.dim() == 2
-        with (
-            torch_threads(1) if small else contextlib.nullcontext(),
-            cudnn_autotuning(self.device_),
-        ):
-            net, interrupted, self.batch_size_ = fit_with_oom_backoff(
-                plan, train, seed=seed
-            )
+        net, interrupted, self.batch_size_ = fit_with_oom_backoff(
+            plan, train, seed=seed
+        )
         self.history_ = net.history
         return net, interrupted
 

@@ -23,7 +23,7 @@ from skorch.utils import to_tensor
 from torch import nn
 
 from ._compat import TeeGenerator, unpack_data
-from ._runtime import autocast_context
+from ._runtime import autocast_context, device_scope, usable_num_workers
 from ._warnings import user_stacklevel
 
 __all__ = [
@@ -423,6 +423,13 @@ def build_net(plan):
     # User callbacks are added to ours rather than replacing the guards.
     callbacks += list(user.pop("callbacks", None) or [])
     kwargs.update(user)
+    for split in ("train", "valid"):
+        # Loader workers the user asked for too, but not where none may
+        # start; persistent workers need some (DataLoader refuses it).
+        key = f"iterator_{split}__num_workers"
+        kwargs[key] = usable_num_workers(kwargs.get(key, 0))
+        if not kwargs[key]:
+            kwargs.pop(f"iterator_{split}__persistent_workers", None)
     return TransferNet(callbacks=callbacks, **kwargs)
 
 
@@ -446,14 +453,17 @@ def fit_with_oom_backoff(plan, train, *, seed):
     start = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
     while True:
         net = build_net(plan)
-        try:
-            return net, run_fit(net, train, None), plan.batch_size
-        except torch.OutOfMemoryError:
-            if plan.batch_size == 1:
-                raise
-        del net  # drop the optimizer state and activations before retrying
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        # Inside the device's scope, whatever uses the current CUDA device (a
+        # GradScaler, pinned batches, empty_cache) uses ``plan.device``.
+        with device_scope(plan.device):
+            try:
+                return net, run_fit(net, train, None), plan.batch_size
+            except torch.OutOfMemoryError:
+                if plan.batch_size == 1:
+                    raise
+            del net  # drop the optimizer state and activations before retrying
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         smaller = max(1, plan.batch_size // 2)
         warnings.warn(
             f"Out of device memory while training with batch_size="

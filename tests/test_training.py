@@ -1,4 +1,4 @@
-"""The skorch net: mixed-precision loss scaling, cuDNN autotuning, compile."""
+"""The skorch net: mixed-precision loss scaling, compile."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,6 @@ from skorch.callbacks import Callback
 from torch import nn
 
 from sktransfer import PretrainedCNNClassifier
-from sktransfer._runtime import cudnn_autotuning
 from sktransfer._training import TransferNet
 
 
@@ -69,21 +68,6 @@ def test_no_loss_scaling_without_float16(dtype):
     X, y = _toy_problem()
     net = _net(dtype).fit(X, y)
     assert net.grad_scaler_ is None
-
-
-def test_cudnn_autotuning_only_on_cuda_and_restored(monkeypatch):
-    cudnn = torch.backends.cudnn
-    monkeypatch.setattr(cudnn, "benchmark", False)
-    monkeypatch.setattr(cudnn, "deterministic", False)
-    with cudnn_autotuning("cpu"):
-        assert cudnn.benchmark is False
-    # Only the device string is inspected: no GPU needed for this check.
-    with cudnn_autotuning("cuda:0"):
-        assert cudnn.benchmark is True
-    assert cudnn.benchmark is False
-    monkeypatch.setattr(cudnn, "deterministic", True)
-    with cudnn_autotuning("cuda"):
-        assert cudnn.benchmark is False  # the user's determinism wins
 
 
 def test_compile_goes_through_skorch(colour_images, tiny_params, monkeypatch):
