@@ -191,6 +191,12 @@ class PretrainedCNNClassifier(
         ``compile`` option; pass its arguments as ``net_params={"compile__mode":
         ...}``). Compilation costs seconds to minutes up front and pays off on
         long GPU fits with ``unfreeze>0``; it needs a C++ compiler on the CPU.
+        It compiles one graph (``fullgraph=True``), so a model TorchDynamo
+        cannot capture whole raises instead of silently training eagerly;
+        ``compile__fullgraph=False`` allows graph breaks. Fits of one
+        architecture (CV folds) reuse its compiled graphs, and each
+        architecture has its own recompilation budget, so a search does not
+        fall back to eager after a few candidates.
     device : str, default="auto"
         ``"auto"`` uses CUDA when available, else the CPU (in a Dask worker,
         the worker's own GPU); or ``"cpu"``, ``"cuda"``, ``"cuda:N"``,

@@ -8,12 +8,14 @@ counterparts are in ``test_cuda.py``.
 
 import multiprocessing
 import pickle
+import shutil
 import sys
 import types
 
 import pytest
 import torch
 from conftest import _build_tiny
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from skorch.callbacks import Callback
 from torch import nn
 
@@ -335,6 +337,105 @@ def test_fit_under_deterministic_algorithms(colour_images, tiny_params, extra):
         assert torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+# -- 6. compile=True keeps compiling through a search --------------------------------
+
+
+class _CountingBackend:
+    """A TorchDynamo backend that counts compilations and runs of graphs
+    holding a linear layer (the head; not the loss, were it compiled)."""
+
+    def __init__(self):
+        self.compiles = 0
+        self.runs = 0
+
+    def __call__(self, graph_module, example_inputs):
+        if not any("linear" in str(node.target) for node in graph_module.graph.nodes):
+            return graph_module.forward
+        self.compiles += 1
+
+        def run(*args):
+            self.runs += 1
+            return graph_module.forward(*args)
+
+        return run
+
+    def __deepcopy__(self, memo):  # clones of estimators count here too
+        return self
+
+
+def test_compile_keeps_compiling_across_many_architectures(colour_images,
+                                                           tiny_params):
+    X, y = colour_images
+    backend = _CountingBackend()
+    widths = [(), (3,), (4,), (5,), (6,), (7,), (8,), (9,), (10,), (4, 4), (5, 5)]
+    for width in widths:
+        runs = backend.runs
+        PretrainedCNNClassifier(
+            **dict(tiny_params, max_epochs=1), hidden_layer_sizes=width,
+            compile=True, net_params={"compile__backend": backend},
+        ).fit(X, y)
+        # Every training step ran compiled code, in the last fit as in the
+        # first (TorchDynamo falls back to eager past its recompile limit).
+        assert backend.runs - runs == 3, width  # 24 images in batches of 8
+    # A fit of an architecture compiled before (a CV fold) reuses its graph.
+    compiles = backend.compiles
+    PretrainedCNNClassifier(
+        **dict(tiny_params, max_epochs=1), hidden_layer_sizes=widths[3],
+        compile=True, net_params={"compile__backend": backend},
+    ).fit(X, y)
+    assert backend.compiles == compiles
+
+
+EAGER_TRAINING_CALLS = []
+
+
+class _EagerTrainingProbe(nn.Module):
+    """Identity that counts training-mode calls its Python code answers
+    outside TorchDynamo's tracing, i.e. eager runs."""
+
+    def forward(self, x):
+        if self.training and not torch.compiler.is_compiling():
+            EAGER_TRAINING_CALLS.append(1)
+        return x
+
+
+def _build_compile_probe(weights):
+    parts = _build_tiny(weights)
+    blocks = [*parts.blocks[:-1], nn.Sequential(parts.blocks[-1],
+                                                _EagerTrainingProbe())]
+    return BackboneParts(blocks, parts.neck, parts.feature_dim,
+                         parts.preprocessing, parts.weights_id)
+
+
+register_backbone(
+    BackboneSpec(name="tiny_compile_probe", family="test",
+                 build=_build_compile_probe, n_blocks=3, source="test"),
+    overwrite=True,
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None
+                    and shutil.which("c++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_grid_search_with_compile_stays_compiled(colour_images, tiny_params):
+    X, y = colour_images
+    EAGER_TRAINING_CALLS.clear()
+    clf = PretrainedCNNClassifier(**dict(
+        tiny_params, backbone="tiny_compile_probe", unfreeze=1, max_epochs=1,
+        batch_size=6, compile=True,
+    ))
+    # 9 architectures: more than TorchDynamo's recompile limit (8) of one
+    # shared forward, where training would have gone eager.
+    grid = {"hidden_layer_sizes": [(), (3,), (4,), (5,), (6,), (7,), (8,), (9,),
+                                   (10,)]}
+    search = GridSearchCV(clf, grid, cv=StratifiedKFold(2), n_jobs=1).fit(X, y)
+    assert search.best_estimator_.predict(X[:2]).shape == (2,)
+    # No training step of any fit, the last candidate's and the refit's
+    # included, ran the trained part eagerly.
+    assert EAGER_TRAINING_CALLS == []
 
 
 # -- 8. device strings, and models from machines with more GPUs ----------------------
