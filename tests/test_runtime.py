@@ -11,7 +11,9 @@ import pickle
 import shutil
 import sys
 import types
+import uuid
 
+import numpy as np
 import pytest
 import torch
 from conftest import _build_tiny
@@ -436,6 +438,43 @@ def test_grid_search_with_compile_stays_compiled(colour_images, tiny_params):
     # No training step of any fit, the last candidate's and the refit's
     # included, ran the trained part eagerly.
     assert EAGER_TRAINING_CALLS == []
+
+
+# -- 7. leftovers of killed saves ----------------------------------------------------
+
+
+def test_next_save_removes_leftovers_of_killed_saves(colour_images, tiny_params,
+                                                     tmp_path):
+    X, y = colour_images
+    clf = PretrainedCNNClassifier(**tiny_params).fit(X, y)
+    other = PretrainedCNNClassifier(**dict(tiny_params, lr=0.2)).fit(X, y)
+    target = tmp_path / "m"
+    clf.save(target)
+    # What saves of m killed at various steps leave beside it: a half-written
+    # temporary folder, and old models set aside or swapped out.
+    other.save(tmp_path / "other")
+    saving = tmp_path / ".m.saving-ab12cd_x"
+    saving.mkdir()
+    (saving / "model.safetensors").write_bytes(b"half")
+    aside = tmp_path / f".m.old-{uuid.uuid4().hex}"
+    shutil.copytree(tmp_path / "other", aside)
+    swapped = tmp_path / ".m.saving-zz99yy00"
+    shutil.copytree(tmp_path / "other", swapped)
+    # Not ours: other names, or the folders of a model named "m.saving-x".
+    keep = [".m.saving-short", ".m.old-notahex", "m.saving-ab12cd_x",
+            ".m.saving-x.saving-ab12cd_x", ".n.old-" + uuid.uuid4().hex]
+    for name in keep:
+        (tmp_path / name).mkdir()
+
+    loaded = PretrainedCNNClassifier.load(target)  # ignores them all
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+
+    other.save(target)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {"m", "other", *keep}
+    np.testing.assert_array_equal(
+        PretrainedCNNClassifier.load(target).predict_proba(X), other.predict_proba(X)
+    )
 
 
 # -- 8. device strings, and models from machines with more GPUs ----------------------
