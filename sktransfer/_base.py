@@ -14,7 +14,7 @@ from sklearn.base import BaseEstimator
 from ._cache import stores_for
 from ._compat import Interval, StrOptions
 from ._frozen import FrozenPass, frozen_cache_key
-from ._runtime import resolve_device, resolve_precision
+from ._runtime import device_unavailable_reason, resolve_device, resolve_precision
 from ._warnings import user_stacklevel
 from .backbones import get_backbone
 from .io import PickleSupportMixin
@@ -128,23 +128,30 @@ class TransferEstimatorBase(PickleSupportMixin, BaseEstimator):
     # -- runtime ------------------------------------------------------------
 
     def _setup_runtime(self):
-        self.device_ = resolve_device(self.device)
+        self.device_ = resolve_device(self.device, type(self).__name__)
         self._setup_precision()
 
     def _setup_precision(self):
         self.frozen_dtype_ = resolve_precision(self.precision, self.device_)
 
     def _restore_device(self):
-        """Fall back to the CPU when the fitted device is not available here."""
+        """Move to the best device here when the fitted one is missing.
+
+        A model fitted on ``cuda:3`` loads on a machine with fewer GPUs (on
+        the device ``"auto"`` picks there: a Dask worker's own GPU, say),
+        and one fitted on a GPU loads on a CPU-only machine.
+        """
         device = getattr(self, "device_", "cpu")
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        reason = device_unavailable_reason(device)
+        if reason is not None:
+            self.device_ = resolve_device("auto")
+            where = "the CPU" if self.device_ == "cpu" else repr(self.device_)
             warnings.warn(
-                f"This model was fitted on {device!r} but no CUDA device is "
-                "available; loading it on the CPU.",
+                f"This model was fitted on {device!r} but {reason}; loading it "
+                f"on {where}.",
                 UserWarning,
                 stacklevel=user_stacklevel(),
             )
-            self.device_ = "cpu"
         self._setup_precision()
 
     # -- fitted state -------------------------------------------------------

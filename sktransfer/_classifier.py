@@ -174,20 +174,31 @@ class PretrainedCNNClassifier(
         backbone.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Precision of the frozen forward pass (and of training on CUDA, with
-        loss scaling for fp16). ``"auto"``: bf16 on GPUs that support it,
-        else fp16; on the CPU bf16 only where the CPU has native bf16 units,
-        else fp32. ``"fp32"`` turns mixed precision off.
+        loss scaling for fp16). ``"auto"``: bf16 on GPUs with native bf16
+        (compute capability 8.0 or later: A100, H100, RTX 30xx), else fp16;
+        on the CPU bf16 only where the CPU has native bf16 units, else fp32.
+        ``"fp32"`` turns mixed precision off.
     compile : bool, default=False
         Compile the trained part with ``torch.compile`` (through skorch's
         ``compile`` option; pass its arguments as ``net_params={"compile__mode":
         ...}``). Compilation costs seconds to minutes up front and pays off on
         long GPU fits with ``unfreeze>0``; it needs a C++ compiler on the CPU.
+        It compiles one graph (``fullgraph=True``), so a model TorchDynamo
+        cannot capture whole raises instead of silently training eagerly;
+        ``compile__fullgraph=False`` allows graph breaks. Fits of one
+        architecture (CV folds) reuse its compiled graphs, and each
+        architecture has its own recompilation budget, so a search does not
+        fall back to eager after a few candidates.
     device : str, default="auto"
-        ``"auto"`` uses CUDA when available, else the CPU; or any torch
-        device string such as ``"cpu"`` or ``"cuda:1"``.
+        ``"auto"`` uses CUDA when available, else the CPU (in a Dask worker,
+        the worker's own GPU); or ``"cpu"``, ``"cuda"``, ``"cuda:N"``,
+        ``"mps"``. A device this machine lacks is a ``ValueError`` in
+        ``fit``; a fitted model loads on ``"auto"``'s pick where its device
+        is missing.
     num_workers : int or None, default=None
         Background processes decoding images; ``None`` picks from the number
-        of CPUs and images.
+        of CPUs and images. Always 0 in a daemonic process (a Dask worker, a
+        ``multiprocessing`` pool), which may not start them.
     on_bad_image : {"raise", "skip"}, default="raise"
         In ``fit``, unusable image files either raise one error listing all
         of them, or are dropped with their labels and a warning. Prediction

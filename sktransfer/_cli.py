@@ -117,34 +117,12 @@ def _weights(value):
 
 def check_device(value):
     """Fail early, in one line, on a device this machine does not have."""
-    if value == "auto":
-        return
-    import torch
+    from ._runtime import check_device as check
 
-    hint = "Use auto, cpu, cuda or cuda:N (see torch.device)."
     try:
-        device = torch.device(value)
-    except (RuntimeError, TypeError, ValueError):
-        raise CLIError(f"Unknown device {value!r}. {hint}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CLIError(
-                f"Device {value!r} is not available: no CUDA device is usable "
-                "on this machine. Pass --device cpu (or auto)."
-            )
-        n = torch.cuda.device_count()
-        if device.index is not None and device.index >= n:
-            raise CLIError(
-                f"Device {value!r} is not available: this machine has {n} CUDA "
-                f"device{'' if n == 1 else 's'} (cuda:0 to cuda:{n - 1})."
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise CLIError(
-            f"Device {value!r} is not available on this machine. Pass --device "
-            "cpu (or auto)."
-        )
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise CLIError(f"Unsupported device {value!r}. {hint}")
+        check(value)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _unfreeze(value):

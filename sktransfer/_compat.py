@@ -34,6 +34,7 @@ __all__ = [
     "TeeGenerator",
     "check_sample_weight",
     "cpu_has_native_bf16",
+    "cuda_has_primary_context",
     "fit_context",
     "pillow_openers",
     "sklearn_fit_wrapper_file",
@@ -58,6 +59,17 @@ def cpu_has_native_bf16():
     """
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def cuda_has_primary_context(index):
+    """Whether this process holds a CUDA context on GPU ``index``, or None.
+
+    What ``torch.cuda.device`` itself checks so as not to create one; the
+    tests use it to prove that a fit on ``cuda:1`` leaves GPU 0 alone. None
+    where torch lacks the private function.
+    """
+    check = getattr(torch._C, "_cuda_hasPrimaryContext", None)
+    return None if check is None else bool(check(index))
 
 
 def pillow_openers():

@@ -14,7 +14,6 @@ the border beyond the square on the long side, which the evaluation crop
 drops anyway.
 """
 
-import multiprocessing
 
 import numpy as np
 import torch
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from ._data import ImageDataset, collate_with_errors
+from ._runtime import usable_num_workers
 from ._transforms import INTERPOLATIONS
 
 __all__ = [
@@ -67,14 +67,6 @@ def store_transform(prep):
         v2.CenterCrop(s),
         v2.PILToTensor(),
     ])
-
-
-def _usable_workers(num_workers):
-    # A daemonic process (Dask worker, multiprocessing pool) may not start
-    # the DataLoader's worker processes.
-    if num_workers and multiprocessing.current_process().daemon:
-        return 0
-    return num_workers
 
 
 class DecodedImages:
@@ -154,7 +146,8 @@ class DecodedImages:
             Refuse, before allocating anything, when the images would need
             more bytes than this.
         num_workers : int, default=0
-            DataLoader worker processes decoding files; 0 decodes here.
+            DataLoader worker processes decoding files; 0 decodes here, as
+            does a daemonic process (which may not start workers).
         batch_size : int, default=32
             Images each worker hands back at once.
         max_image_pixels : int or None, default=None
@@ -179,7 +172,7 @@ class DecodedImages:
             min_side=s,
         )
         loader = DataLoader(
-            dataset, batch_size=batch_size, num_workers=_usable_workers(num_workers),
+            dataset, batch_size=batch_size, num_workers=usable_num_workers(num_workers),
             collate_fn=collate_with_errors,
         )
         errors = []

@@ -52,7 +52,8 @@ class PretrainedFeatureExtractor(
         device string.
     num_workers : int or None, default=None
         Background processes decoding images; ``None`` picks from the number
-        of CPUs and images.
+        of CPUs and images. Always 0 in a daemonic process (a Dask worker, a
+        ``multiprocessing`` pool), which may not start them.
     max_image_pixels : int or None, default=None
         Refuse larger images (decompression-bomb guard).
     random_state : int, RandomState instance or None, default=None

@@ -25,7 +25,7 @@ from ._cache import DiskFeatureStore, model_cache_key, module_structure_digest
 from ._data import ImageDataset, collate_with_errors
 from ._decoded import DecodedImages
 from ._images import BadImagesError, ImageLoadError
-from ._runtime import autocast_context, cudnn_autotuning, default_num_workers
+from ._runtime import autocast_context, device_scope, loader_workers
 from ._sources import as_image_sources, check_images
 from ._transforms import eval_transform
 from ._warnings import user_stacklevel
@@ -136,22 +136,24 @@ def _run_frozen(frozen, dataset, indices, *, batch_size, device, dtype,
     positions in ``dataset`` (elements of ``indices``).
     """
     device = torch.device(device)
-    loader = DataLoader(
-        Subset(dataset, indices),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=collate_with_errors,
-        pin_memory=device.type == "cuda",
-    )
     # Iterating a DataLoader draws a seed from torch's global RNG. Forking it
     # keeps a fit's later shuffling the same whether features came from the
     # cache or were computed here, so results don't depend on cache state.
+    # The loader starts inside the device's scope: batches are pinned for
+    # the current device, which would otherwise be GPU 0 whatever ``device``.
     with (
+        device_scope(device),
         torch.random.fork_rng(devices=[]),
         torch.inference_mode(),
         autocast_context(device, dtype),
-        cudnn_autotuning(device),
     ):
+        loader = DataLoader(
+            Subset(dataset, indices),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collate_with_errors,
+            pin_memory=device.type == "cuda",
+        )
         for images, batch_indices, failed in loader:
             progress.update(len(batch_indices) + len(failed))
             if images is not None:
@@ -331,9 +333,9 @@ def extract_features(frozen_pass, paths, *, max_bytes=None, use_cache=True,
     hits, errors = _lookup(frozen_pass, stores, model_key, paths, fingerprints, rows)
     misses = [i for i in range(n) if not hits[i]]
     if misses:
-        num_workers = frozen_pass.num_workers
-        if num_workers is None:
-            num_workers = default_num_workers(len(misses), frozen_pass.batch_size)
+        num_workers = loader_workers(
+            frozen_pass.num_workers, len(misses), frozen_pass.batch_size
+        )
         progress = tqdm(
             total=len(misses), desc=desc, unit="img",
             disable=not frozen_pass.verbose, leave=False,
@@ -435,9 +437,7 @@ def map_views(frozen_pass, X, views, fn):
     batch_size = frozen_pass.batch_size
     for start in range(0, len(paths), PREDICT_CHUNK):
         chunk = paths[start : start + PREDICT_CHUNK]
-        num_workers = frozen_pass.num_workers
-        if num_workers is None:
-            num_workers = default_num_workers(len(chunk), batch_size)
+        num_workers = loader_workers(frozen_pass.num_workers, len(chunk), batch_size)
         decoded = DecodedImages.decode(
             chunk, frozen_pass.preprocessing, num_workers=num_workers,
             batch_size=batch_size, max_image_pixels=frozen_pass.max_image_pixels,

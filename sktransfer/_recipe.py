@@ -13,7 +13,6 @@ training parameters), and trains the model in place:
 3. otherwise the epoch loop, which speaks skorch (:mod:`sktransfer._training`).
 """
 
-import contextlib
 from dataclasses import dataclass, fields
 
 import torch
@@ -23,12 +22,7 @@ from ._data import tensor_dataset
 from ._frozen import map_features
 from ._labels import class_loss_weights, normalized_sample_weight, validation_split
 from ._probe import fit_head_lbfgs
-from ._runtime import (
-    autocast_context,
-    cudnn_autotuning,
-    default_num_workers,
-    torch_threads,
-)
+from ._runtime import autocast_context, loader_workers
 from ._training import OPTIMIZERS, TrainingPlan, fit_with_oom_backoff
 
 __all__ = ["Recipe", "TrainingResult", "run_in_batches", "train_transfer_model"]
@@ -79,9 +73,7 @@ class Recipe:
 
     def loader_workers(self, n_images):
         """DataLoader processes for ``n_images`` training images."""
-        if self.num_workers is not None:
-            return self.num_workers
-        return default_num_workers(n_images, self.batch_size)
+        return loader_workers(self.num_workers, n_images, self.batch_size)
 
 
 @dataclass
@@ -239,14 +231,5 @@ def train_transfer_model(model, recipe, *, images, features, frozen_pass, y,
         n_train=len(train_idx),
         label_smoothing=recipe.label_smoothing,
     )
-    # A head on pooled features is a few small matrix products per step:
-    # splitting them over threads costs more in synchronisation than it
-    # saves (several times over when the cores are busy, e.g. parallel
-    # search), so such fits run on one thread.
-    small = clean is not None and clean.dim() == 2
-    with (
-        torch_threads(1) if small else contextlib.nullcontext(),
-        cudnn_autotuning(device),
-    ):
-        net, interrupted, batch_size = fit_with_oom_backoff(plan, train, seed=seed)
+    net, interrupted, batch_size = fit_with_oom_backoff(plan, train, seed=seed)
     return TrainingResult(net, interrupted, net.history, batch_size)

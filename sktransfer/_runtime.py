@@ -1,9 +1,15 @@
 """The one place that reads the hardware: device, precision, threads, seeds.
 
 Everything that depends on the machine a fit runs on (which device, whether
-it computes in bf16, how many threads and loader processes, cuDNN's
-autotuner, the random seeds) is decided here, so that each branch can be
-tested by simulating the capability it depends on.
+it computes in bf16, how many threads and loader processes, the random
+seeds) is decided here, so that each branch can be tested by simulating the
+capability it depends on.
+
+Nothing here changes a process-wide setting for the length of a fit
+(``torch.backends.cudnn.benchmark``, ``torch.set_num_threads``): other
+threads, and the caller, would see it change under them. The one lasting
+change is :func:`limit_threads_in_worker`, in a worker process of a
+parallel job only.
 """
 
 import contextlib
@@ -19,21 +25,28 @@ from ._compat import cpu_has_native_bf16
 
 __all__ = [
     "autocast_context",
+    "check_device",
     "cpu_has_fast_bf16",
-    "cudnn_autotuning",
+    "cuda_has_native_bf16",
     "default_num_workers",
+    "device_scope",
+    "device_unavailable_reason",
     "limit_threads_in_worker",
+    "loader_workers",
     "resolve_device",
     "resolve_precision",
     "seeded",
     "torch_seed",
-    "torch_threads",
+    "usable_num_workers",
 ]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # -- device ---------------------------------------------------------------
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+_DEVICE_HINT = "Use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
 
 
 def _dask_worker_rank():
@@ -59,20 +72,139 @@ def _dask_worker_rank():
         return sum(str(name).encode())
 
 
-def resolve_device(device):
-    """``"auto"`` picks CUDA when available; other values pass through.
+def _dask_worker_gpu():
+    """The GPU of this Dask worker, or None outside one (or with one GPU).
 
-    Inside a Dask worker on a host with several visible GPUs, ``"auto"``
-    spreads workers over them: ``cuda:{rank % n_gpus}``. Restricting a worker
-    with ``CUDA_VISIBLE_DEVICES`` leaves it one visible GPU, which it uses.
+    A ``CUDA_VISIBLE_DEVICES`` set for the worker is the cluster's own GPU
+    assignment: dask-cuda's ``LocalCUDACluster`` rotates the list so that
+    each worker's GPU comes first, i.e. is ``cuda:0`` there, whatever its
+    rank (``cuda:{rank}`` would be another worker's GPU). Only without it
+    are the workers spread over the visible GPUs by rank.
+    """
+    rank = _dask_worker_rank()
+    if rank is None:
+        return None
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
+        return "cuda:0"
+    n_gpus = torch.cuda.device_count()
+    return f"cuda:{rank % n_gpus}" if n_gpus > 1 else None
+
+
+def _known_device(device):
+    """``device`` as a ``torch.device`` of a supported type, or None."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        return None
+    return device if device.type in DEVICE_TYPES else None
+
+
+def device_unavailable_reason(device):
+    """Why ``device`` cannot be used on this machine, or None if it can.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        A torch device string such as ``"cpu"`` or ``"cuda:1"``.
+
+    Returns
+    -------
+    reason : str or None
+        A phrase such as ``"no CUDA device is available"``; None when the
+        device exists here.
+    """
+    known = _known_device(device)
+    if known is None:
+        return f"{str(device)!r} is not a supported device"
+    if known.type == "cuda":
+        if not torch.cuda.is_available():
+            return "no CUDA device is available"
+        n = torch.cuda.device_count()
+        if known.index is not None and known.index >= n:
+            return (f"this machine has {n} CUDA device{'' if n == 1 else 's'} "
+                    f"(cuda:0 to cuda:{n - 1})")
+    if known.type == "mps" and not torch.backends.mps.is_available():
+        return "no MPS device is available"
+    return None
+
+
+def check_device(device):
+    """Raise ``ValueError`` saying why ``device`` cannot be used here, if so.
+
+    Parameters
+    ----------
+    device : str
+        A torch device string; ``"auto"`` always passes.
+
+    Raises
+    ------
+    ValueError
+        For a string that is no supported device (``"tpu"``), or a device
+        this machine lacks (``"cuda"`` without CUDA, ``"cuda:7"`` with two
+        GPUs), with the fix.
+    """
+    if device == "auto":
+        return
+    if _known_device(device) is None:
+        raise ValueError(f"Unknown device {device!r}. {_DEVICE_HINT}")
+    reason = device_unavailable_reason(device)
+    if reason is not None:
+        raise ValueError(
+            f"Device {device!r} is not available: {reason}. Use 'auto' (the "
+            "best device here) or 'cpu'."
+        )
+
+
+def resolve_device(device, owner=None):
+    """The device a fit uses: ``device`` checked, or the pick of ``"auto"``.
+
+    ``"auto"`` is CUDA when available, else the CPU. Inside a Dask worker
+    with ``CUDA_VISIBLE_DEVICES`` set (dask-cuda sets it per worker, its own
+    GPU first) it is ``cuda:0``; without it, on a host with several visible
+    GPUs, workers are spread over them: ``cuda:{rank % n_gpus}``.
+
+    Parameters
+    ----------
+    device : str
+        The ``device`` parameter.
+    owner : str or None, default=None
+        Class name of the estimator, for the error message.
+
+    Raises
+    ------
+    ValueError
+        When ``device`` is not a device this machine has, naming the
+        parameter and the fix.
     """
     if device != "auto":
+        try:
+            check_device(device)
+        except ValueError as exc:
+            owner = f" of {owner}" if owner else ""
+            raise ValueError(
+                f"The 'device' parameter{owner} is {device!r}, which cannot be "
+                f"used here. {exc}"
+            ) from None
         return str(device)
     if not torch.cuda.is_available():
         return "cpu"
-    n_gpus = torch.cuda.device_count()
-    rank = _dask_worker_rank() if n_gpus > 1 else None
-    return "cuda" if rank is None else f"cuda:{rank % n_gpus}"
+    return _dask_worker_gpu() or "cuda"
+
+
+def device_scope(device):
+    """Make ``device`` the current CUDA device inside the block.
+
+    Whatever uses the *current* device rather than a tensor's runs there
+    instead of on GPU 0: pinning a DataLoader's batches (its pin thread
+    takes the current device when the iterator starts), a ``GradScaler``'s
+    state, ``torch.cuda.empty_cache``. The setting is the calling thread's
+    own and is restored on exit. A no-op for other devices and for a bare
+    ``"cuda"``, which is the current device already.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or device.index is None:
+        return contextlib.nullcontext()
+    return torch.cuda.device(device.index)
 
 
 # -- precision ------------------------------------------------------------
@@ -83,12 +215,28 @@ def cpu_has_fast_bf16():
     return cpu_has_native_bf16()
 
 
+def cuda_has_native_bf16(device):
+    """Whether the GPU ``device`` (not the current one) computes bf16 natively.
+
+    Ampere and later (compute capability 8.0) do. ``is_bf16_supported()``
+    is no test of that: it also counts emulation, and asks the *current*
+    device, creating a CUDA context and a tensor there (GPU 0, when a fit
+    runs on ``cuda:1``). The capability is read without either.
+    """
+    major, _ = torch.cuda.get_device_capability(torch.device(device))
+    return major >= 8
+
+
 def resolve_precision(precision, device):
-    """The autocast dtype for frozen forward passes, or None for float32."""
+    """The autocast dtype for frozen forward passes, or None for float32.
+
+    ``"auto"`` is bf16 on GPUs with native bf16, else fp16 (trained with loss
+    scaling); on the CPU bf16 where it has native bf16 units, else float32.
+    """
     kind = torch.device(device).type
     if precision == "auto":
         if kind == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if cuda_has_native_bf16(device) else torch.float16
         return torch.bfloat16 if cpu_has_fast_bf16() else None
     if precision == "fp16" and kind != "cuda":
         raise ValueError(
@@ -105,45 +253,36 @@ def autocast_context(device, dtype):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
-@contextlib.contextmanager
-def cudnn_autotuning(device):
-    """Let cuDNN time its convolution algorithms and keep the fastest.
-
-    Images arrive at one fixed size, so the search is paid once per shape.
-    Off the GPU, or when the user asked cuDNN for deterministic results,
-    nothing changes.
-    """
-    cudnn = torch.backends.cudnn
-    if torch.device(device).type != "cuda" or cudnn.deterministic:
-        yield
-        return
-    before = cudnn.benchmark
-    cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        cudnn.benchmark = before
-
-
 # -- threads and processes ------------------------------------------------
 
 
+def usable_num_workers(num_workers):
+    """``num_workers``, or 0 where no DataLoader worker may be started.
+
+    A daemonic process (a Dask worker, a ``multiprocessing`` pool worker) may
+    not have children: its DataLoader would fail with "daemonic processes
+    are not allowed to have children". It loads in-process instead.
+    """
+    if num_workers and multiprocessing.current_process().daemon:
+        return 0
+    return num_workers
+
+
 def default_num_workers(n_images, batch_size):
-    """Decode in background workers, but not for a handful of images."""
+    """Decode in background workers, but not for a handful of images, and
+    never inside a daemonic process (see :func:`usable_num_workers`)."""
     if n_images <= 2 * batch_size:
         return 0
-    return min(4, max(1, (os.cpu_count() or 1) - 1))
+    return usable_num_workers(min(4, max(1, (os.cpu_count() or 1) - 1)))
 
 
-@contextlib.contextmanager
-def torch_threads(n_threads):
-    """Run the block with ``n_threads`` intra-op threads, then restore."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def loader_workers(num_workers, n_images, batch_size):
+    """DataLoader worker processes for ``n_images``: the ``num_workers``
+    parameter (None picks with :func:`default_num_workers`), made usable
+    here. Every loader of the package takes its count from here."""
+    if num_workers is None:
+        return default_num_workers(n_images, batch_size)
+    return usable_num_workers(num_workers)
 
 
 def _worker_thread_limit():
@@ -196,7 +335,10 @@ def seeded(seed, device):
         yield
         return
     device = torch.device(device)
-    devices = [device.index or 0] if device.type == "cuda" else []
+    devices = []
+    if device.type == "cuda":
+        devices = [torch.cuda.current_device() if device.index is None
+                   else device.index]
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield

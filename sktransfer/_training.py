@@ -9,6 +9,8 @@ here calls back into an estimator.
 import copy
 import dataclasses
 import math
+import threading
+import types
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -22,11 +24,13 @@ from skorch.history import History
 from skorch.utils import to_tensor
 from torch import nn
 
+from ._cache import module_structure_digest
 from ._compat import TeeGenerator, unpack_data
-from ._runtime import autocast_context
+from ._runtime import autocast_context, device_scope, usable_num_workers
 from ._warnings import user_stacklevel
 
 __all__ = [
+    "CompiledModule",
     "NonFiniteLossError",
     "OPTIMIZERS",
     "StopOnNonFiniteLoss",
@@ -150,6 +154,24 @@ class TransferNet(NeuralNetClassifier):
             self.history_ = History(self.initial_history)
         return self
 
+    def torch_compile(self, module, name):
+        """Compile the module for ``compile=True``; the criterion stays eager.
+
+        The module is compiled as one graph (``fullgraph=True`` unless
+        ``compile__fullgraph`` says otherwise), through a
+        :class:`CompiledModule`: TorchDynamo then raises where it would
+        otherwise fall back to eager without telling. The loss is left
+        eager: there is nothing in it to gain from compiling.
+        """
+        if not self.compile or name != "module":
+            return module
+        params = {"fullgraph": True, **self.get_params_for("compile")}
+        key = (
+            module_structure_digest(module), str(self.device),
+            str(self.autocast_dtype), repr(sorted(params.items())),
+        )
+        return CompiledModule(module, key, params)
+
     def get_all_learnable_params(self):
         for name, param in super().get_all_learnable_params():
             if param.requires_grad:
@@ -195,6 +217,61 @@ class TransferNet(NeuralNetClassifier):
             weight = to_tensor(X["sample_weight"], device=self.device)
             loss = (weight * loss).mean()
         return loss
+
+
+def _call_module(module, *args, **kwargs):
+    return module(*args, **kwargs)
+
+
+_CALLS_BY_KEY = {}
+_CALLS_LOCK = threading.Lock()
+
+
+def _call_for(key):
+    """A function calling its module argument, with a code object for ``key``.
+
+    TorchDynamo caches compiled graphs on the *code object* and, past
+    ``recompile_limit`` (8) entries, runs it eagerly from then on, saying
+    so only in a log message. Compiled as themselves, every fit's modules
+    would share their class's ``forward``: after a few architectures of a
+    search, every later fit would silently train eagerly. A code object of
+    its own per ``key`` (architecture, device, precision, compile options)
+    gives each architecture its own budget, while fits of one architecture
+    (CV folds, candidates differing in ``lr``) reuse its graphs. The process
+    keeps one small function per key, as TorchDynamo keeps its graphs.
+    """
+    with _CALLS_LOCK:
+        call = _CALLS_BY_KEY.get(key)
+        if call is None:
+            call = types.FunctionType(
+                _call_module.__code__.replace(), _call_module.__globals__,
+                _call_module.__name__,
+            )
+            _CALLS_BY_KEY[key] = call
+    return call
+
+
+class CompiledModule(nn.Module):
+    """``module`` run through ``torch.compile`` of a call of its own.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        What to run; a child module, so its parameters, ``train()`` and
+        ``eval()`` are this module's.
+    key : hashable
+        Modules with one key share compiled graphs (see :func:`_call_for`).
+    compile_kwargs : dict
+        Arguments of ``torch.compile``.
+    """
+
+    def __init__(self, module, key, compile_kwargs):
+        super().__init__()
+        self.module = module
+        self.compiled_call = torch.compile(_call_for(key), **compile_kwargs)
+
+    def forward(self, *args, **kwargs):
+        return self.compiled_call(self.module, *args, **kwargs)
 
 
 def _scaled_groups(groups, scales, base_lr):
@@ -423,6 +500,13 @@ def build_net(plan):
     # User callbacks are added to ours rather than replacing the guards.
     callbacks += list(user.pop("callbacks", None) or [])
     kwargs.update(user)
+    for split in ("train", "valid"):
+        # Loader workers the user asked for too, but not where none may
+        # start; persistent workers need some (DataLoader refuses it).
+        key = f"iterator_{split}__num_workers"
+        kwargs[key] = usable_num_workers(kwargs.get(key, 0))
+        if not kwargs[key]:
+            kwargs.pop(f"iterator_{split}__persistent_workers", None)
     return TransferNet(callbacks=callbacks, **kwargs)
 
 
@@ -446,14 +530,17 @@ def fit_with_oom_backoff(plan, train, *, seed):
     start = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
     while True:
         net = build_net(plan)
-        try:
-            return net, run_fit(net, train, None), plan.batch_size
-        except torch.OutOfMemoryError:
-            if plan.batch_size == 1:
-                raise
-        del net  # drop the optimizer state and activations before retrying
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        # Inside the device's scope, whatever uses the current CUDA device (a
+        # GradScaler, pinned batches, empty_cache) uses ``plan.device``.
+        with device_scope(plan.device):
+            try:
+                return net, run_fit(net, train, None), plan.batch_size
+            except torch.OutOfMemoryError:
+                if plan.batch_size == 1:
+                    raise
+            del net  # drop the optimizer state and activations before retrying
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         smaller = max(1, plan.batch_size // 2)
         warnings.warn(
             f"Out of device memory while training with batch_size="

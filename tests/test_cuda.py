@@ -1,11 +1,15 @@
 """Training and prediction on a CUDA GPU; skipped where there is none."""
 
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import joblib
 import numpy as np
 import pytest
 import torch
+from skorch.callbacks import Callback
 
 from sktransfer import PretrainedCNNClassifier
 
@@ -51,3 +55,65 @@ def test_gpu_model_loads_and_predicts_on_the_cpu(colour_images, tiny_params,
     assert loaded.device_ == "cpu"
     assert all(not p.is_cuda for p in loaded.model_.parameters())
     assert (loaded.predict(X) == clf.predict(X)).mean() >= 0.9
+
+
+def test_auto_precision_from_the_devices_capability(colour_images, tiny_params):
+    X, y = colour_images
+    clf = PretrainedCNNClassifier(**dict(tiny_params, device="cuda:0")).fit(X, y)
+    major, _ = torch.cuda.get_device_capability(0)
+    # Not is_bf16_supported(), which is True on pre-Ampere GPUs (emulation).
+    assert clf.frozen_dtype_ == (torch.bfloat16 if major >= 8 else torch.float16)
+
+
+class _RecordCudnn(Callback):
+    def on_batch_begin(self, net, **kwargs):
+        SEEN_BENCHMARK.append(torch.backends.cudnn.benchmark)
+
+
+SEEN_BENCHMARK = []
+
+
+@pytest.mark.parametrize("benchmark", [False, True])
+def test_fit_leaves_cudnn_benchmark_alone(colour_images, tiny_params, monkeypatch,
+                                          benchmark):
+    X, y = colour_images
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", benchmark)
+    SEEN_BENCHMARK.clear()
+    PretrainedCNNClassifier(
+        **dict(tiny_params, device="cuda", unfreeze=1, cache=False),
+        net_params={"callbacks": [_RecordCudnn()]},
+    ).fit(X, y)
+    assert SEEN_BENCHMARK and set(SEEN_BENCHMARK) == {benchmark}
+    assert torch.backends.cudnn.benchmark is benchmark
+
+
+_FIT_ON_GPU_1 = """
+import sys
+sys.path.insert(0, {tests!r})
+import conftest  # registers tiny_cnn
+import numpy as np
+from sktransfer import PretrainedCNNClassifier
+from sktransfer._compat import cuda_has_primary_context
+
+X, y = np.array({X!r}, dtype=object), np.array({y!r})
+# Pinned frozen pass (default cache), precision="auto", training, predict.
+clf = PretrainedCNNClassifier(backbone="tiny_cnn", weights=None, max_epochs=2,
+                              batch_size=4, device="cuda:1", random_state=0)
+clf.fit(X, y).predict(X)
+PretrainedCNNClassifier(backbone="tiny_cnn", weights=None, max_epochs=1,
+                        batch_size=4, device="cuda:1", unfreeze=1, cache=False,
+                        precision="fp16").fit(X, y)
+print(cuda_has_primary_context(0), cuda_has_primary_context(1))
+"""
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_fit_on_cuda_1_creates_no_context_on_gpu_0(colour_images):
+    X, y = colour_images
+    script = _FIT_ON_GPU_1.format(tests=str(Path(__file__).parent),
+                                  X=list(X), y=list(y))
+    # A fresh process: this one has used GPU 0 already.
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["False", "True"]

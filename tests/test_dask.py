@@ -16,6 +16,7 @@ def test_auto_device_spreads_dask_workers_over_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(_runtime, "_dask_worker_rank", lambda: 5)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert _runtime.resolve_device("auto") == "cuda:1"
     assert _runtime.resolve_device("cuda:3") == "cuda:3"
     monkeypatch.setattr(_runtime, "_dask_worker_rank", lambda: None)
@@ -30,9 +31,11 @@ def test_grid_search_on_dask_matches_local(colour_images, tmp_path):
     distributed = pytest.importorskip("dask.distributed")
     paths, labels = colour_images
     # tiny_cnn is registered only in this process; workers know resnet18.
+    # The default num_workers, with batches small enough that it would start
+    # loader processes, which Dask's daemonic workers may not have.
     params = dict(
         backbone="resnet18", weights=None, image_size=32, max_epochs=2,
-        batch_size=8, precision="fp32", device="cpu", num_workers=0,
+        batch_size=8, inference_batch_size=4, precision="fp32", device="cpu",
         random_state=0,
     )
     grid = {"lr": [0.005, 0.05], "hidden_layer_sizes": [(), (8,)]}

@@ -1,4 +1,4 @@
-"""The skorch net: mixed-precision loss scaling, cuDNN autotuning, compile."""
+"""The skorch net: mixed-precision loss scaling, compile."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,6 @@ from skorch.callbacks import Callback
 from torch import nn
 
 from sktransfer import PretrainedCNNClassifier
-from sktransfer._runtime import cudnn_autotuning
 from sktransfer._training import TransferNet
 
 
@@ -71,30 +70,15 @@ def test_no_loss_scaling_without_float16(dtype):
     assert net.grad_scaler_ is None
 
 
-def test_cudnn_autotuning_only_on_cuda_and_restored(monkeypatch):
-    cudnn = torch.backends.cudnn
-    monkeypatch.setattr(cudnn, "benchmark", False)
-    monkeypatch.setattr(cudnn, "deterministic", False)
-    with cudnn_autotuning("cpu"):
-        assert cudnn.benchmark is False
-    # Only the device string is inspected: no GPU needed for this check.
-    with cudnn_autotuning("cuda:0"):
-        assert cudnn.benchmark is True
-    assert cudnn.benchmark is False
-    monkeypatch.setattr(cudnn, "deterministic", True)
-    with cudnn_autotuning("cuda"):
-        assert cudnn.benchmark is False  # the user's determinism wins
-
-
 def test_compile_goes_through_skorch(colour_images, tiny_params, monkeypatch):
     X, y = colour_images
     params = dict(tiny_params, unfreeze=1)
     plain = PretrainedCNNClassifier(**params).fit(X, y)
-    compiled_modules = []
+    compile_calls = []
     real_compile = torch.compile
 
     def spy(module, **kwargs):
-        compiled_modules.append(type(module).__name__)
+        compile_calls.append(kwargs)
         return real_compile(module, **kwargs)
 
     monkeypatch.setattr(torch, "compile", spy)
@@ -106,4 +90,6 @@ def test_compile_goes_through_skorch(colour_images, tiny_params, monkeypatch):
         compiled.predict_proba(X), plain.predict_proba(X), atol=1e-5
     )
     assert compiled.score(X, y) == plain.score(X, y)
-    assert "TrainableSuffix" in compiled_modules
+    # The trained module only (not the loss), as one graph, with the
+    # user's compile__ arguments.
+    assert compile_calls == [{"fullgraph": True, "backend": "eager"}]

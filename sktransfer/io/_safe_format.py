@@ -19,6 +19,10 @@ Linux; elsewhere rename the old one aside, rename the new one in), and the
 parent directory is fsynced. A process killed at any point leaves the old
 model or the new one loadable at ``path``; in the fallback's one gap between
 the two renames, :func:`load_model` reads the old model from its aside name.
+What a killed save leaves beside ``path`` (``.<name>.saving-*`` and
+``.<name>.old-*`` folders, exactly as this module names them) is removed by
+the next successful save of ``path``, and never read while ``path`` holds a
+model.
 
 With ``include_backbone=False`` only the trained suffix is stored, with a
 reference to the frozen backbone (its name, weights identity and a SHA-256
@@ -32,6 +36,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -245,6 +250,7 @@ def save_model(est, path, *, include_backbone=True):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _remove_leftovers(path)
     return path
 
 
@@ -302,6 +308,39 @@ def _aside_prefix(path):
     return f".{path.name}.old-"
 
 
+def _leftover_kind(path, name):
+    """``"saving"`` or ``"old"`` when ``name`` is one of our folders beside
+    ``path`` (a save's temporary or aside copy), else None.
+
+    Only the exact names this module makes match: ``mkdtemp``'s eight
+    characters after ``saving-``, a uuid4's 32 hex digits after ``old-``.
+    Another model's folders (``.m.saving-x.saving-...`` for a model named
+    ``m.saving-x``) or the user's own never do.
+    """
+    match = re.fullmatch(
+        rf"\.{re.escape(path.name)}\.(?:(saving)-[a-z0-9_]{{8}}|(old)-[0-9a-f]{{32}})",
+        name,
+    )
+    if match is None:
+        return None
+    return match.group(1) or match.group(2)
+
+
+def _remove_leftovers(path):
+    """Remove what saves of ``path`` killed earlier left beside it.
+
+    Called once ``path`` holds the model just saved, so no copy there is
+    needed any more. A save of the same path running at this moment in
+    another process would lose its temporary folder and fail: saves of one
+    path must not run concurrently (nor could both win).
+    """
+    with contextlib.suppress(OSError):
+        for entry in path.parent.iterdir():
+            if (_leftover_kind(path, entry.name) is not None
+                    and entry.is_dir() and not entry.is_symlink()):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
 def _swap_into_place(tmp, path):
     """Make the complete directory ``tmp`` the model at ``path``."""
     parent = path.parent
@@ -330,10 +369,10 @@ def _model_directory(path):
     """``path``, or the old model left aside by a save killed mid-swap."""
     if (path / MANIFEST_FILE).is_file() or not path.parent.is_dir():
         return path
-    prefix = _aside_prefix(path)
     with contextlib.suppress(OSError):
         aside = [p for p in path.parent.iterdir()
-                 if p.name.startswith(prefix) and (p / MANIFEST_FILE).is_file()]
+                 if _leftover_kind(path, p.name) == "old"
+                 and (p / MANIFEST_FILE).is_file()]
         if len(aside) == 1:
             return aside[0]
     return path
