@@ -184,15 +184,19 @@ def train_transfer_model(model, recipe, *, images, features, frozen_pass, y,
                               device=device, autocast_dtype=autocast_dtype)
 
     if probe:
-        losses = fit_head_lbfgs(
-            model.suffix.head,
-            _probe_embeddings(model, frozen_pass, images, features, train_idx, run),
-            targets[train_idx],
-            C=recipe.C,
-            sample_weight=None if weights is None else weights[train_idx],
-            class_weight=loss_weights,
-            label_smoothing=recipe.label_smoothing,
+        embeddings = _probe_embeddings(
+            model, frozen_pass, images, features, train_idx, run
         )
+        # A few matrix products of pooled embeddings per step, as the epoch
+        # loop on them below: threads cost more than they save.
+        with torch_threads(1):
+            losses = fit_head_lbfgs(
+                model.suffix.head, embeddings, targets[train_idx],
+                C=recipe.C,
+                sample_weight=None if weights is None else weights[train_idx],
+                class_weight=loss_weights,
+                label_smoothing=recipe.label_smoothing,
+            )
         if recipe.unfreeze == 0 and not recipe.augment:
             # The probed head is the fitted model: nothing left to train.
             record = History([{
