@@ -41,10 +41,11 @@ def fit_head_ridge(head, embeddings, targets, *, alpha=1.0, sample_weight=None):
 
     The optimum of ``sum_i w_i ||y_i - W x_i - b||² + alpha ||W||²`` (the
     bias unpenalised), as ``sklearn.linear_model.Ridge`` with
-    ``sample_weight``: centre by the weighted means, then solve the
-    penalised least squares ``[sqrt(w) Xc; sqrt(alpha) I] W = [sqrt(w) Yc;
-    0]`` in float64 (least squares, so ``alpha=0`` and rank-deficient
-    embeddings are fine).
+    ``sample_weight``: centre by the weighted means, then, in float64, solve
+    the normal equations ``(AᵀA + alpha I) W = AᵀB`` with ``A = sqrt(w) Xc``
+    and ``B = sqrt(w) Yc``, or their dual ``W = Aᵀ (AAᵀ + alpha I)⁻¹ B``
+    when there are fewer images than features. ``alpha=0`` is ordinary
+    least squares (minimum-norm where the embeddings are rank-deficient).
 
     Parameters
     ----------
@@ -69,9 +70,15 @@ def fit_head_ridge(head, embeddings, targets, *, alpha=1.0, sample_weight=None):
     x_mean = (w[:, None] * x).sum(0) / w.sum()
     y_mean = (w[:, None] * y).sum(0) / w.sum()
     root = w.sqrt()[:, None]
-    a = torch.cat([root * (x - x_mean), alpha**0.5 * torch.eye(d, dtype=x.dtype)])
-    b = torch.cat([root * (y - y_mean), torch.zeros(d, y.shape[1], dtype=y.dtype)])
-    coef = torch.linalg.lstsq(a, b, driver="gelsd").solution  # (d, k)
+    a, b = root * (x - x_mean), root * (y - y_mean)
+    if alpha == 0:
+        coef = torch.linalg.lstsq(a, b, driver="gelsd").solution
+    elif n >= d:
+        gram = a.T @ a + alpha * torch.eye(d, dtype=a.dtype)
+        coef = torch.linalg.solve(gram, a.T @ b)
+    else:
+        kernel = a @ a.T + alpha * torch.eye(n, dtype=a.dtype)
+        coef = a.T @ torch.linalg.solve(kernel, b)
     intercept = y_mean - x_mean @ coef
     with torch.no_grad():
         linear.weight.copy_(coef.T)

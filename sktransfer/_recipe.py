@@ -192,15 +192,15 @@ def train_transfer_model(model, recipe, task, *, images, features, frozen_pass,
         head = model.suffix.head
         probe_weights = None if weights is None else weights[train_idx]
         closed_form = task.ridge_alpha is not None and is_linear_head(head)
-        # A few matrix products of pooled embeddings per step, as the epoch
-        # loop on them below: threads cost more than they save.
-        with torch_threads(1):
-            if closed_form:
-                losses = fit_head_ridge(
-                    head, embeddings, targets[train_idx], alpha=task.ridge_alpha,
-                    sample_weight=probe_weights,
-                )
-            else:
+        if closed_form:  # one large matrix product, where threads help
+            losses = fit_head_ridge(
+                head, embeddings, targets[train_idx], alpha=task.ridge_alpha,
+                sample_weight=probe_weights,
+            )
+        else:
+            # A few matrix products of pooled embeddings per step, as the
+            # epoch loop on them below: threads cost more than they save.
+            with torch_threads(1):
                 losses = fit_head_lbfgs(
                     head, embeddings, targets[train_idx], loss=task.probe_loss,
                     C=task.probe_C, sample_weight=probe_weights,
