@@ -271,3 +271,14 @@ def test_tags_and_clone(two_label_images, probe_params):
         warnings.simplefilter("error")  # single labels again: no leftovers
         np.testing.assert_array_equal(fresh.fit(X, Y[:, 1]).classes_, [0, 1])
     assert not fresh.multilabel_
+
+
+@pytest.mark.parametrize("inputs", [{"augment": True}, {"cache": False}])
+def test_rows_of_labels_reach_training_without_the_cache(
+    two_label_images, tiny_params, inputs
+):
+    """Decoded and file datasets carry indicator rows (and weights) too."""
+    X, Y = two_label_images
+    clf = PretrainedCNNClassifier(**dict(tiny_params, max_epochs=1), **inputs)
+    clf.fit(X, Y, sample_weight=np.linspace(0.5, 1.5, len(X)))
+    assert clf.predict(X).shape == Y.shape

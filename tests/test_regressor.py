@@ -224,3 +224,12 @@ def test_check_estimator_passes_what_it_yields():
     assert [r["check_name"] for r in results if r["status"] != "passed"] == []
     tags = PretrainedCNNRegressor().__sklearn_tags__()
     assert tags.estimator_type == "regressor" and tags.target_tags.multi_output
+
+
+@pytest.mark.parametrize("inputs", [{"augment": "light"}, {"cache": False}])
+def test_targets_reach_training_without_the_cache(brightness_images, tiny_params,
+                                                  inputs):
+    X, y = brightness_images
+    reg = PretrainedCNNRegressor(**dict(tiny_params, max_epochs=1), **inputs)
+    reg.fit(X, np.column_stack([y, y]), sample_weight=np.ones(len(X)))
+    assert reg.predict(X).shape == (30, 2)
