@@ -14,6 +14,7 @@ from ._classifier import PretrainedCNNClassifier
 from ._extractor import PretrainedFeatureExtractor
 from ._folder import load_image_folder
 from ._images import BadImagesError, ImageLoadError
+from ._regressor import PretrainedCNNRegressor
 from ._training import NonFiniteLossError
 from ._version import __version__
 from .backbones import BackboneSpec, get_backbone, list_backbones, register_backbone
@@ -27,6 +28,7 @@ __all__ = [
     "ModelFileError",
     "NonFiniteLossError",
     "PretrainedCNNClassifier",
+    "PretrainedCNNRegressor",
     "PretrainedFeatureExtractor",
     "__version__",
     "clear_feature_cache",

@@ -1,40 +1,28 @@
 """The public classifier: a pretrained CNN with a new head, on image paths."""
 
-import warnings
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
-import torch
-from sklearn.base import (
-    ClassifierMixin,
-    ClassNamePrefixFeaturesOutMixin,
-    TransformerMixin,
-)
+from scipy.sparse import csr_matrix
+from sklearn.base import ClassifierMixin
+from sklearn.metrics import accuracy_score
 from sklearn.utils.validation import check_is_fitted
 
-from ._augment import AUGMENT_CONSTRAINT, TTA_CONSTRAINT, tta_views
-from ._base import TransferEstimatorBase
-from ._compat import Interval, StrOptions, check_sample_weight, fit_context
-from ._frozen import find_bad_images, map_features, map_views, training_features
-from ._images import BadImagesError, warn_skipped
-from ._labels import check_targets, encode_labels, fit_classes
-from ._module import build_transfer_module
-from ._recipe import Recipe, run_in_batches, train_transfer_model
-from ._runtime import limit_threads_in_worker, seeded, torch_seed
-from ._sources import check_images
-from ._train_inputs import TrainingImages, decode_training_images
-from ._training import OPTIMIZERS, optimizer_snapshot
-from ._warnings import user_stacklevel
+from ._compat import Interval, StrOptions, fit_context
+from ._labels import check_targets, class_loss_weights, encode_labels, fit_classes
+from ._targets import (
+    as_multilabel_targets,
+    encode_multilabel,
+    positive_weights,
+    warn_constant_labels,
+)
+from ._tasks import MultiLabelTask, SingleLabelTask
+from ._trained import TrainedTransferBase
 
 __all__ = ["PretrainedCNNClassifier"]
 
 
-class PretrainedCNNClassifier(
-    ClassNamePrefixFeaturesOutMixin,
-    TransformerMixin,
-    ClassifierMixin,
-    TransferEstimatorBase,
-):
+class PretrainedCNNClassifier(ClassifierMixin, TrainedTransferBase):
     """Image classifier from a pretrained CNN backbone and a trainable head.
 
     ``X`` holds one image per sample: file paths, URLs, PIL images or numpy
@@ -43,6 +31,13 @@ class PretrainedCNNClassifier(
     are trained, the rest stays frozen, BatchNorm statistics included. With
     the frozen part fixed and ``augment=False``, its output is computed once
     per image and cached, so each epoch only runs what is trained.
+
+    ``y`` is one label per image, or several: an indicator matrix of shape
+    ``(n_samples, n_labels)`` (dense, sparse, or a DataFrame whose columns
+    name the labels) or one collection of labels per image, as
+    ``MultiLabelBinarizer`` takes them. Multi-label targets train one sigmoid
+    output per label with the binary cross-entropy, and :meth:`predict`
+    returns an indicator matrix (see the user guide's "Targets" section).
 
     Parameters
     ----------
@@ -65,7 +60,8 @@ class PretrainedCNNClassifier(
         ``unfreeze=0`` and ``"epochs"`` otherwise (on the bundled emoji set,
         3-fold CV, ``unfreeze=1``: 0.739 starting from the probed head
         against 0.779 without it). ``"lbfgs"``: to the optimum of its
-        L2-penalised loss (strength ``1/C``, as ``LogisticRegression``) by
+        L2-penalised loss (strength ``1/C``, as ``LogisticRegression``; one
+        logistic regression per label for multi-label targets) by
         full-batch L-BFGS on the pooled embeddings of the training images
         (a linear probe). With ``unfreeze=0`` and ``augment=False`` that is
         the whole fit, so ``max_epochs`` and the optimizer are not used;
@@ -90,7 +86,9 @@ class PretrainedCNNClassifier(
     warmup_fraction : float, default=0.1
         Share of the steps spent warming up with ``lr_schedule="cosine"``.
     label_smoothing : float, default=0.0
-        Label smoothing of the cross-entropy loss.
+        Label smoothing of the cross-entropy loss; with multi-label targets,
+        each 0/1 target ``t`` becomes ``t * (1 - label_smoothing) +
+        label_smoothing / 2``.
     batch_size : int, default=32
         Training batch size. If the device runs out of memory, training
         restarts with half the batch (down to 1) and warns; the size used is
@@ -139,11 +137,12 @@ class PretrainedCNNClassifier(
         its mirror (2 passes); ``"crops"``: the centre and four corner crops,
         each also mirrored (10 passes). ``transform`` is never augmented.
     early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the training data (stratified,
-        seeded by ``random_state``), report its loss and accuracy each
-        epoch, stop when its loss has not improved for ``n_iter_no_change``
-        epochs, and keep the weights of the best epoch. ``False`` trains on
-        everything for ``max_epochs``.
+        Hold out ``validation_fraction`` of the training data (stratified by
+        class for single labels, at random for multi-label targets; seeded
+        by ``random_state``), report its loss (and accuracy, for single
+        labels) each epoch, stop when its loss has not improved for
+        ``n_iter_no_change`` epochs, and keep the weights of the best epoch.
+        ``False`` trains on everything for ``max_epochs``.
     validation_fraction : float, default=0.1
         Fraction held out for early stopping. Only used if
         ``early_stopping=True``.
@@ -151,7 +150,13 @@ class PretrainedCNNClassifier(
         Epochs without improvement of the validation loss before training
         stops. Only used if ``early_stopping=True``.
     class_weight : "balanced", dict or None, default=None
-        Weights of the classes in the loss.
+        Weights of the classes in the loss. With multi-label targets, the
+        weight of each label's positive examples (``pos_weight`` of the
+        binary cross-entropy): ``"balanced"`` is ``n_negative / n_positive``
+        per label, a dict maps labels to weights (others weigh 1).
+    threshold : float, default=0.5
+        With multi-label targets, :meth:`predict` gives an image every label
+        whose probability is above ``threshold``. Not used for single labels.
     batchnorm : {"auto", "frozen", "train"}, default="auto"
         BatchNorm layers inside *unfrozen* blocks: ``"frozen"`` keeps their
         pretrained running statistics (their scale and shift still train),
@@ -225,15 +230,23 @@ class PretrainedCNNClassifier(
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
-        Class labels, sorted.
+        Class labels, sorted; with multi-label targets, the label of each
+        column: ``0 .. n_labels - 1`` for a matrix, a DataFrame's column
+        names, or the sorted labels of label collections.
     n_classes_ : int
-        Number of classes.
+        Number of classes (labels).
+    multilabel_ : bool
+        Whether the model was fitted on multi-label targets.
+    sparse_output_ : bool
+        Whether :meth:`predict` returns a sparse matrix (multi-label targets
+        given as one).
     n_features_out_ : int
         Width of :meth:`transform`'s output (the head's input).
     model_ : TransferModule
         The trained torch module (frozen prefix and trainable suffix).
     history_ : skorch.History
-        Per-epoch training loss (and validation loss and accuracy).
+        Per-epoch training loss (and validation loss, and accuracy for
+        single labels).
     device_ : str
         Device the model lives on.
     preprocessing_ : Preprocessing
@@ -255,6 +268,7 @@ class PretrainedCNNClassifier(
     See Also
     --------
     sktransfer.list_backbones : Available backbones.
+    PretrainedCNNRegressor : The same model for real-valued targets.
 
     Examples
     --------
@@ -264,45 +278,19 @@ class PretrainedCNNClassifier(
     >>> clf.fit(paths, labels)  # doctest: +SKIP
     >>> clf.predict(paths[:3])  # doctest: +SKIP
     """
-
     _parameter_constraints = {
-        **TransferEstimatorBase._parameter_constraints,
-        "unfreeze": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
-        "hidden_layer_sizes": [tuple, list],
-        "dropout": [Interval(Real, 0, 1, closed="left")],
-        "head_solver": [StrOptions({"auto", "lbfgs", "epochs"})],
+        **TrainedTransferBase._parameter_constraints,
         "C": [Interval(Real, 0, None, closed="neither")],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
-        "layer_decay": [Interval(Real, 0, 1, closed="right")],
-        "lr_schedule": [StrOptions({"cosine", "constant"})],
-        "warmup_fraction": [Interval(Real, 0, 1, closed="left")],
         "label_smoothing": [Interval(Real, 0, 1, closed="left")],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "backbone_lr_ratio": [Interval(Real, 0, None, closed="left")],
-        "optimizer": [StrOptions(set(OPTIMIZERS)), type],
-        "augment": AUGMENT_CONSTRAINT,
-        "augment_views": [Interval(Integral, 1, None, closed="left"), None],
-        "tta": TTA_CONSTRAINT,
-        "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "class_weight": [StrOptions({"balanced"}), dict, None],
-        "cache_max_gb": [Interval(Real, 0, None, closed="neither")],
-        "batchnorm": [StrOptions({"auto", "frozen", "train"})],
-        "compile": ["boolean"],
-        "on_bad_image": [StrOptions({"raise", "skip"})],
-        "net_params": [dict, None],
-        "warm_start": ["boolean"],
+        "threshold": [Interval(Real, 0, 1, closed="neither")],
     }
 
     # Names starting with "_" are kept in pickles but not in save() files.
     _fitted_values = (
-        *TransferEstimatorBase._fitted_values,
-        "classes_", "n_classes_", "history_", "skipped_images_",
-        "n_train_images_", "interrupted_", "batch_size_", "n_features_out_",
-        "_optimizer_state",
+        *TrainedTransferBase._fitted_values,
+        "classes_", "n_classes_", "multilabel_", "sparse_output_",
     )  # fmt: skip
-    _module_attributes = ("model_",)
 
     def __init__(
         self,
@@ -332,6 +320,7 @@ class PretrainedCNNClassifier(
         validation_fraction=0.1,
         n_iter_no_change=5,
         class_weight=None,
+        threshold=0.5,
         batchnorm="auto",
         cache="auto",
         cache_max_gb=4.0,
@@ -371,6 +360,7 @@ class PretrainedCNNClassifier(
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.class_weight = class_weight
+        self.threshold = threshold
         self.batchnorm = batchnorm
         self.cache = cache
         self.cache_max_gb = cache_max_gb
@@ -385,74 +375,6 @@ class PretrainedCNNClassifier(
         self.random_state = random_state
         self.verbose = verbose
 
-    # -- building ---------------------------------------------------------
-
-    def _n_unfrozen(self, n_blocks):
-        if self.unfreeze == "all":
-            return n_blocks
-        if self.unfreeze > n_blocks:
-            raise ValueError(
-                f"unfreeze={self.unfreeze} is larger than the {n_blocks} blocks of "
-                f"backbone {self.backbone!r}. Use an int from 0 to {n_blocks}, or "
-                "'all'."
-            )
-        return self.unfreeze
-
-    def _freeze_bn_stats(self):
-        if self.batchnorm == "auto":
-            return self.weights is not None
-        return self.batchnorm == "frozen"
-
-    def _architecture(self, attr, parts):
-        """The transfer module on ``parts``, cut where the fit cut it."""
-        return build_transfer_module(
-            parts,
-            self.backbone_n_blocks_ - self.n_frozen_blocks_,
-            self.n_classes_,
-            hidden_layer_sizes=tuple(self.hidden_layer_sizes),
-            dropout=self.dropout,
-            freeze_bn_stats=self._freeze_bn_stats(),
-            frozen_dtype=self.frozen_dtype_,
-        )
-
-    def _build_model(self, seed):
-        """Build backbone and head as a fresh fit does, seeded with ``seed``."""
-        with seeded(seed, self.device_):
-            spec, parts = self._backbone_parts(self.weights)
-            n_frozen = spec.n_blocks - self._n_unfrozen(spec.n_blocks)
-            self._record_backbone(spec, parts, n_frozen)
-            module = self._architecture("model_", parts)
-        widths = (parts.feature_dim, *self.hidden_layer_sizes)
-        self.n_features_out_ = int(widths[-1])
-        return self._place_module(module)
-
-    # -- fitting ----------------------------------------------------------
-
-    def _usable(self, paths, errors):
-        """Boolean mask of usable images, applying ``on_bad_image``."""
-        keep = np.ones(len(paths), dtype=bool)
-        if not errors:
-            return keep
-        bad = [(paths.label(i), reason) for i, reason in errors]
-        if self.on_bad_image == "raise" or len(errors) == len(paths):
-            raise BadImagesError(
-                bad,
-                "fix or remove them, or pass on_bad_image='skip' to train "
-                "without them",
-            )
-        warn_skipped(bad, len(paths))
-        keep[[i for i, _ in errors]] = False
-        self.skipped_images_ = bad
-        return keep
-
-    @property
-    def _n_features_out(self):
-        # Read by ClassNamePrefixFeaturesOutMixin.get_feature_names_out.
-        return self.n_features_out_
-
-    def _uses_feature_cache(self):
-        return self.cache is not False and not self.augment
-
     @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None):
         """Train the head (and unfrozen blocks) on images and labels.
@@ -463,8 +385,10 @@ class PretrainedCNNClassifier(
             Image file paths (str or pathlib.Path), URLs, PIL images or
             image arrays; a one-column DataFrame of them; or images stacked
             as an array of shape (n_samples, h, w) or (n_samples, h, w, c).
-        y : array-like of shape (n_samples,)
-            Class labels (strings, integers, ...).
+        y : array-like of shape (n_samples,) or (n_samples, n_labels)
+            Class labels (strings, integers, ...); for multi-label targets
+            an indicator matrix (dense or sparse) or one collection of labels
+            per image.
         sample_weight : array-like of shape (n_samples,) or None, default=None
             Non-negative weight of each image in the loss (validation loss
             included). Weights are rescaled to average 1, so only their
@@ -492,11 +416,12 @@ class PretrainedCNNClassifier(
         ----------
         X : array-like of shape (n_samples,), DataFrame or ndarray
             Images, in any form :meth:`fit` takes.
-        y : array-like of shape (n_samples,)
-            Class labels.
+        y : array-like of shape (n_samples,) or (n_samples, n_labels)
+            Class labels, or multi-label targets as in :meth:`fit`.
         classes : array-like of shape (n_classes,) or None, default=None
-            Every class of the problem, for the first call when ``y`` does
-            not contain them all; ignored (but checked) once fitted.
+            Every class (or label, for label collections) of the problem,
+            for the first call when ``y`` does not contain them all; ignored
+            (but checked) once fitted.
         sample_weight : array-like of shape (n_samples,) or None, default=None
             Weight of each image in the loss, as in :meth:`fit`.
 
@@ -517,206 +442,68 @@ class PretrainedCNNClassifier(
         return self._fit(X, y, sample_weight, warm=warm, max_epochs=1,
                          classes=classes, continued=True)
 
-    def _fit(self, X, y, sample_weight, *, warm, max_epochs, classes=None,
-             continued=False):
-        paths = check_images(X)
-        y = check_targets(y, len(paths))
-        limit_threads_in_worker()
-        if sample_weight is not None:
-            sample_weight = check_sample_weight(
-                sample_weight, paths, ensure_non_negative=True
-            )
-        history = None
-        if warm:
-            encode_labels(self.classes_, y)
-            # A loaded model whose file held no history starts a new one.
-            history = getattr(self, "history_", None)
-            seed = self._continued_seed(history)
-        else:
-            self._optimizer_state = None
-            self._setup_runtime()
-            self.torch_seed_ = seed = torch_seed(self.random_state)
-            # Classes are fixed before images are checked so the head can be
-            # built; they are checked again if bad images are skipped.
-            self._set_classes(y if classes is None else classes)
-            encode_labels(self.classes_, y)
-        self.skipped_images_ = []
-        self.interrupted_ = False
-        if not warm:
-            self.model_ = self._build_model(seed)
-        frozen_pass = self._frozen_pass(self.model_.frozen)
-        features, errors, decoded = None, None, None
-        if self._uses_feature_cache():
-            features, errors = training_features(
-                frozen_pass, paths, max_gb=self.cache_max_gb
-            )
-        elif self.augment is not False:
-            decoded = decode_training_images(
-                paths, self.preprocessing_, max_gb=self.cache_max_gb,
-                num_workers=Recipe.of(self).loader_workers(len(paths)),
-                max_image_pixels=self.max_image_pixels,
-            )
-            errors = None if decoded is None else decoded.errors
-        if errors is None:  # nothing decoded up front
-            errors = find_bad_images(frozen_pass, paths)
-        keep = self._usable(paths, errors)
-        if decoded is not None:
-            decoded = decoded.take(keep)
-        paths, y = paths[keep], y[keep]
-        if sample_weight is not None:
-            sample_weight = sample_weight[keep]
-        if features is not None:
-            features = features[torch.from_numpy(keep)]
-        if warm or classes is not None:
-            y_encoded = encode_labels(self.classes_, y)
-        else:
-            y_encoded = self._refit_classes_if_needed(y)
-        self.n_train_images_ = len(paths)
-        # Training is seeded on its own, so whether features came from the
-        # cache (no loader, no random draws) does not change the result.
-        images = TrainingImages(
-            paths, self.preprocessing_, self.augment, decoded,
-            self.max_image_pixels,
-        )
-        recipe = Recipe.of(self, max_epochs=max_epochs)
-        with seeded(seed, self.device_):
-            if self.augment_views is not None and self.augment is not False:
-                images = images.with_view_features(
-                    frozen_pass, self.augment_views, max_gb=self.cache_max_gb,
-                    num_workers=recipe.loader_workers(len(paths)),
-                )
-            result = train_transfer_model(
-                self.model_, recipe, images=images, features=features,
-                frozen_pass=frozen_pass, y=y, y_encoded=y_encoded,
-                classes=self.classes_, sample_weight=sample_weight,
-                device=self.device_, autocast_dtype=self._training_autocast_dtype(),
-                split_seed=self.torch_seed_, seed=seed,
-                probe=not warm and not continued and recipe.probes_head,
-                history=history,
-                optimizer_state=getattr(self, "_optimizer_state", None),
-            )
-        net, interrupted = result.net, result.interrupted
-        self.history_, self.batch_size_ = result.history, result.batch_size
-        # Kept only when a later fit may continue this one: Adam's moments
-        # are twice the size of the trained weights.
-        self._optimizer_state = (
-            optimizer_snapshot(net.optimizer_)
-            if net is not None and (continued or self.warm_start) else None
-        )
-        self.model_.eval()
-        for param in self.model_.parameters():
-            param.grad = None  # a fitted model holds no gradients
-        if interrupted:
-            self.interrupted_ = True
-            warnings.warn(
-                f"Training was interrupted after {len(self.history_)} epoch(s); "
-                "the model keeps the weights reached so far.",
-                UserWarning,
-                stacklevel=user_stacklevel(),
-            )
-            raise KeyboardInterrupt
-        return self
 
-    def _continued_seed(self, history):
-        # A different, still reproducible, shuffle for each continued fit;
-        # torch_seed_ itself stays, as the feature cache key depends on it.
-        seed = getattr(self, "torch_seed_", None)
-        if seed is None:
-            return None
-        return (seed + len(history or ())) % np.iinfo(np.int32).max
+    # -- targets ------------------------------------------------------------
 
-    def _set_classes(self, y):
-        self.classes_, y_encoded = fit_classes(y)
+    @property
+    def _multilabel(self):
+        # Models saved before multi-label targets existed have no attribute.
+        return getattr(self, "multilabel_", False)
+
+    def _check_y(self, y, n_samples):
+        targets = as_multilabel_targets(y)
+        if targets is None:
+            return check_targets(y, n_samples)
+        if len(targets) != n_samples:
+            raise ValueError(
+                f"X and y have inconsistent numbers of samples: {n_samples} "
+                f"image paths and {len(targets)} rows of labels."
+            )
+        return targets
+
+    def _fit_targets(self, y, classes):
+        self.multilabel_ = not isinstance(y, np.ndarray)
+        self.sparse_output_ = self.multilabel_ and y.sparse
+        if not self.multilabel_:
+            self.classes_, _ = fit_classes(y if classes is None else classes)
+        elif classes is not None and y.from_sets:
+            self.classes_ = np.unique(np.asarray(classes))
+        else:
+            self.classes_ = y.labels
         self.n_classes_ = len(self.classes_)
-        return y_encoded
 
-    def _refit_classes_if_needed(self, y):
-        n_before = self.n_classes_
-        y_encoded = self._set_classes(y)
-        if self.n_classes_ != n_before:
-            # Skipping bad images removed a whole class: rebuild the head.
-            self.model_ = self._build_model(self.torch_seed_)
-        return y_encoded
+    def _encode_targets(self, y):
+        multilabel = not isinstance(y, np.ndarray)
+        if multilabel != self._multilabel:
+            given, fitted = ("multi-label", "single") if multilabel else (
+                "single-label", "multi-label")
+            raise ValueError(
+                f"y is {given}, but the model was fitted on {fitted} targets. "
+                "Continued training (warm_start, partial_fit) keeps the kind "
+                "of target of the first fit; refit from scratch."
+            )
+        if multilabel:
+            return encode_multilabel(self.classes_, y)
+        return encode_labels(self.classes_, y)
 
-    def plot_history(self, ax=None):
-        """Plot training loss, validation loss and accuracy per epoch.
+    def _n_outputs(self):
+        return self.n_classes_
 
-        Needs matplotlib (``pip install "sktransfer[plot]"``).
+    def _task(self, targets=None):
+        if self._multilabel:
+            pos_weight = None
+            if targets is not None:
+                warn_constant_labels(self.classes_, targets)
+                pos_weight = positive_weights(self.class_weight, self.classes_,
+                                              targets)
+            return MultiLabelTask(self.n_classes_, pos_weight=pos_weight,
+                                  label_smoothing=self.label_smoothing, C=self.C)
+        class_weight = None if targets is None else class_loss_weights(
+            self.class_weight, self.classes_, self.classes_[targets])
+        return SingleLabelTask(self.n_classes_, class_weight=class_weight,
+                               label_smoothing=self.label_smoothing, C=self.C)
 
-        Parameters
-        ----------
-        ax : matplotlib Axes or None, default=None
-            Where to draw; ``None`` makes a new figure.
-
-        Returns
-        -------
-        ax : matplotlib Axes
-            The axes holding the loss curves.
-        """
-        check_is_fitted(self)
-        from ._plotting import plot_history
-
-        return plot_history(self.history_, ax=ax)
-
-    # -- safe persistence ---------------------------------------------------
-
-    def save(self, path, *, include_backbone=True):
-        """Save the fitted model to a directory, without pickle.
-
-        Writes ``model.safetensors`` (tensors only) and ``manifest.json``
-        (parameters, ``classes_`` and their dtype, backbone and weights
-        identity, preprocessing, library versions and checksums). Parameters
-        with no JSON form (callables, ``joblib.Memory``, skorch callbacks in
-        ``net_params``) are not saved: they only matter for training, and
-        are listed under ``params_not_saved``.
-
-        Parameters
-        ----------
-        path : str or path-like
-            Directory to write (created if needed).
-        include_backbone : bool, default=True
-            Store the frozen backbone's tensors too. ``False`` stores only the
-            trained part and a SHA-256 of the frozen tensors; :meth:`load`
-            then rebuilds the backbone from its weights and checks it.
-
-        Returns
-        -------
-        path : pathlib.Path
-            The directory written.
-
-        Examples
-        --------
-        >>> clf.save("my_model")  # doctest: +SKIP
-        >>> PretrainedCNNClassifier.load("my_model").predict(paths)  # doctest: +SKIP
-        """
-        from .io import save_model
-
-        return save_model(self, path, include_backbone=include_backbone)
-
-    @classmethod
-    def load(cls, path):
-        """Load a model written by :meth:`save`; nothing is unpickled.
-
-        Parameters
-        ----------
-        path : str or path-like
-            Directory written by :meth:`save`.
-
-        Returns
-        -------
-        clf : PretrainedCNNClassifier
-            The fitted classifier, on ``device`` (the CPU when it was saved
-            on a GPU and none is available).
-
-        Raises
-        ------
-        sktransfer.ModelFileError
-            When a file is missing, not what it claims, or was changed after
-            saving.
-        """
-        from .io import load_model
-
-        return load_model(cls, path)
+    # -- prediction -------------------------------------------------------
 
     def export(self, path, format="onnx", *, input="uint8"):
         """Export the whole network, with a softmax, for serving without sktransfer.
@@ -770,18 +557,12 @@ class PretrainedCNNClassifier(
 
     # -- prediction -------------------------------------------------------
 
-    def _run_suffix(self, features, fn):
-        return run_in_batches(
-            fn, features, batch_size=getattr(self, "batch_size_", self.batch_size),
-            device=self.device_, autocast_dtype=self._training_autocast_dtype(),
-        )
-
-    def _training_autocast_dtype(self):
-        """Mixed precision of the trained part: the frozen dtype on CUDA only."""
-        return self.frozen_dtype_ if torch.device(self.device_).type == "cuda" else None
 
     def predict_proba(self, X):
         """Class probabilities, columns in the order of ``classes_``.
+
+        With multi-label targets, the probability of each label on its own
+        (rows need not sum to 1).
 
         Parameters
         ----------
@@ -792,22 +573,10 @@ class PretrainedCNNClassifier(
         -------
         proba : ndarray of shape (n_samples, n_classes)
         """
-        check_is_fitted(self)
-        self.model_.eval()
-        frozen_pass = self._frozen_pass(self.model_.frozen)
-
-        def logits(features):
-            return self._run_suffix(features, self.model_.suffix)
-
-        if self.tta is not False:
-            views = tta_views(self.tta, self.preprocessing_)
-            proba = map_views(frozen_pass, X, views, logits).double()
-            return (proba / proba.sum(dim=1, keepdim=True)).numpy()
-        return torch.softmax(map_features(frozen_pass, X, logits).double(),
-                             dim=1).numpy()
+        return self._predicted_outputs(X)
 
     def predict(self, X):
-        """Predicted class label of each image.
+        """Predicted class label of each image, or its labels.
 
         Parameters
         ----------
@@ -816,32 +585,45 @@ class PretrainedCNNClassifier(
 
         Returns
         -------
-        y_pred : ndarray of shape (n_samples,)
-            Labels from ``classes_``.
+        y_pred : ndarray of shape (n_samples,) or (n_samples, n_classes)
+            Labels from ``classes_``; with multi-label targets an indicator
+            matrix (int, 1 where the probability is above ``threshold``),
+            sparse when ``y`` was sparse, whichever form ``y`` took.
         """
         proba = self.predict_proba(X)
-        return self.classes_[np.argmax(proba, axis=1)]
+        if not self._multilabel:
+            return self.classes_[np.argmax(proba, axis=1)]
+        indicator = (proba > self.threshold).astype(np.int64)
+        return csr_matrix(indicator) if self.sparse_output_ else indicator
 
-    def transform(self, X):
-        """Penultimate features of the fitted network (the head's input).
-
-        With a linear head this is the pooled backbone embedding (fine-tuned
-        blocks included); with hidden layers, the last hidden layer. Like any
-        scikit-learn transformer, the output container follows
-        :meth:`set_output` (e.g. ``set_output(transform="pandas")``).
+    def score(self, X, y, sample_weight=None):
+        """Accuracy on ``(X, y)``; subset accuracy for multi-label targets.
 
         Parameters
         ----------
         X : array-like of shape (n_samples,), DataFrame or ndarray
             Images, in any form :meth:`fit` takes.
+        y : array-like of shape (n_samples,) or (n_samples, n_labels)
+            True labels, in any form :meth:`fit` takes (label collections
+            included).
+        sample_weight : array-like of shape (n_samples,) or None, default=None
 
         Returns
         -------
-        features : ndarray of shape (n_samples, n_features)
+        score : float
+            The share of images whose label (every label) is predicted right.
         """
         check_is_fitted(self)
-        self.model_.eval()
-        return map_features(
-            self._frozen_pass(self.model_.frozen), X,
-            lambda features: self._run_suffix(features, self.model_.suffix.embed),
-        ).numpy()
+        if not self._multilabel:
+            return super().score(X, y, sample_weight=sample_weight)
+        y_pred = self.predict(X)
+        if self.sparse_output_:
+            y_pred = y_pred.toarray()
+        y_true = self._encode_targets(self._check_y(y, len(y_pred)))
+        return float(accuracy_score(y_true, y_pred, sample_weight=sample_weight))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        tags.target_tags.multi_output = True
+        return tags

@@ -87,7 +87,14 @@ def load_model(folder):
             f"Model folder {folder!r} does not exist. Pass the --out folder of "
             "`sktransfer fit`."
         )
-    return PretrainedCNNClassifier.load(folder)
+    clf = PretrainedCNNClassifier.load(folder)
+    if getattr(clf, "multilabel_", False):
+        raise CLIError(
+            f"Model folder {folder!r} holds a multi-label classifier; the "
+            "command line predicts and evaluates single-label models only. "
+            "Load it in Python with PretrainedCNNClassifier.load."
+        )
+    return clf
 
 
 # -- inputs ---------------------------------------------------------------

@@ -411,14 +411,16 @@ def _raise_bad_inputs(errors):
         )
 
 
-def map_views(frozen_pass, X, views, fn):
+def map_views(frozen_pass, X, views, fn, *, output="logits"):
     """Class probabilities of ``X`` averaged over test-time ``views``.
 
     Each chunk of ``PREDICT_CHUNK`` files is decoded once into ``uint8``
     squares (:class:`~sktransfer._decoded.DecodedImages`); every view of a
     batch then runs through the frozen prefix and ``fn`` (frozen features to
     logits), and the softmax outputs are averaged
-    (:func:`~sktransfer._augment.tta_average`). The views are not cached.
+    (:func:`~sktransfer._augment.tta_average`). With ``output="proba"``,
+    ``fn``'s outputs are averaged as they are (per-label probabilities,
+    regression values). The views are not cached.
 
     Returns
     -------
@@ -447,7 +449,7 @@ def map_views(frozen_pass, X, views, fn):
             continue
         for first in range(0, len(decoded), batch_size):
             batch = decoded.images[first : first + batch_size]
-            outputs.append(tta_average(logits, batch, views))
+            outputs.append(tta_average(logits, batch, views, output=output))
     _raise_bad_inputs(errors)
     return torch.cat(outputs)
 

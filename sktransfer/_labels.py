@@ -116,14 +116,24 @@ def normalized_sample_weight(sample_weight, train_idx):
     )
 
 
-def validation_split(y_encoded, fraction, seed):
-    """Indices of the training rows and of a stratified held-out part.
+def validation_split(y_encoded, fraction, seed, *, stratify=True):
+    """Indices of the training rows and of a held-out part, stratified by
+    class unless ``stratify=False`` (multi-label and regression targets).
 
     With ``fraction=None`` every row trains and the second item is None.
     """
     indices = np.arange(len(y_encoded))
     if fraction is None:
         return indices, None
+    if not stratify:
+        n_valid = int(np.ceil(fraction * len(indices)))
+        if not 0 < n_valid < len(indices):
+            raise ValueError(
+                f"Cannot hold out validation_fraction={fraction} of "
+                f"{len(indices)} images and train on the rest; add images, "
+                "change validation_fraction, or set early_stopping=False."
+            )
+        return train_test_split(indices, test_size=n_valid, random_state=seed)
     try:
         return train_test_split(
             indices, test_size=fraction, stratify=y_encoded, random_state=seed

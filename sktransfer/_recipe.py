@@ -1,15 +1,17 @@
-"""The classifier's training recipe: a linear probe of the head, then epochs.
+"""The training recipe: a linear probe of the head, then epochs.
 
 :func:`train_transfer_model` takes a built :class:`~sktransfer._module.TransferModule`,
 the training data in the form the fit prepared (cached frozen features, or
 :class:`~sktransfer._train_inputs.TrainingImages` when the frozen part runs
-each step), encoded targets and the :class:`Recipe` (the estimator's
-training parameters), and trains the model in place:
+each step), encoded targets, their task (:mod:`sktransfer._tasks`: the loss,
+the probe's loss, whether to stratify) and the :class:`Recipe` (the
+estimator's training parameters), and trains the model in place:
 
-1. the validation split (with early stopping), sample and class weights;
+1. the validation split (with early stopping) and sample weights;
 2. with a probed head, the L-BFGS fit of the head on the pooled embeddings
-   (:func:`~sktransfer._probe.fit_head_lbfgs`); with everything frozen and no
-   augmentation, that is the whole fit;
+   (:func:`~sktransfer._probe.fit_head_lbfgs`; for a linear head under the
+   squared error, ridge regression in closed form); with everything frozen
+   and no augmentation, that is the whole fit;
 3. otherwise the epoch loop, which speaks skorch (:mod:`sktransfer._training`).
 """
 
@@ -20,8 +22,8 @@ from skorch.history import History
 
 from ._data import tensor_dataset
 from ._frozen import map_features
-from ._labels import class_loss_weights, normalized_sample_weight, validation_split
-from ._probe import fit_head_lbfgs
+from ._labels import normalized_sample_weight, validation_split
+from ._probe import fit_head_lbfgs, fit_head_ridge, is_linear_head
 from ._runtime import autocast_context, loader_workers
 from ._training import OPTIMIZERS, TrainingPlan, fit_with_oom_backoff
 
@@ -33,26 +35,25 @@ class Recipe:
     """The estimator parameters that decide how a fit trains.
 
     Built from the estimator with :meth:`of`, so the estimator's parameter
-    names and meanings are documented in one place (its docstring).
+    names and meanings are documented in one place (its docstring). What
+    depends on the kind of target (the loss and its weights, the probe's
+    penalty) is the task's.
     """
 
     unfreeze: object
     head_solver: str
-    C: float
     max_epochs: int
     lr: float
     backbone_lr_ratio: float
     layer_decay: float
     lr_schedule: str
     warmup_fraction: float
-    label_smoothing: float
     batch_size: int
     optimizer: object
     augment: object
     early_stopping: bool
     validation_fraction: float
     n_iter_no_change: int
-    class_weight: object
     compile: bool
     num_workers: object
     net_params: object
@@ -119,9 +120,9 @@ def _probe_embeddings(model, frozen_pass, images, features, idx, run):
     return embeddings.clone()  # a normal tensor, usable by autograd
 
 
-def train_transfer_model(model, recipe, *, images, features, frozen_pass, y,
-                         y_encoded, classes, sample_weight, device,
-                         autocast_dtype, split_seed, seed, probe, history=None,
+def train_transfer_model(model, recipe, task, *, images, features, frozen_pass,
+                         targets, sample_weight, device, autocast_dtype,
+                         split_seed, seed, probe, history=None,
                          optimizer_state=None):
     """Train ``model`` (a TransferModule) in place by ``recipe``.
 
@@ -131,16 +132,17 @@ def train_transfer_model(model, recipe, *, images, features, frozen_pass, y,
         Built and placed on ``device``.
     recipe : Recipe
         The training parameters.
+    task : SingleLabelTask, MultiLabelTask or RegressionTask
+        The loss, its weights and the probe's penalty for these targets.
     images : TrainingImages
         The usable training images (read when ``features`` is None).
     features : torch.Tensor or None
         Cached frozen features of ``images``, one row each.
     frozen_pass : FrozenPass
         How the frozen prefix runs over files (for the probe without cache).
-    y, y_encoded : ndarray
-        Labels and their class indices, one per image.
-    classes : ndarray
-        The fitted classes.
+    targets : ndarray
+        Encoded targets, one row per image: class indices, an indicator
+        matrix, or standardised values.
     sample_weight : ndarray or None
         Per-image weights.
     device : str
@@ -163,13 +165,13 @@ def train_transfer_model(model, recipe, *, images, features, frozen_pass, y,
     result : TrainingResult
     """
     train_idx, valid_idx = validation_split(
-        y_encoded,
+        targets,
         recipe.validation_fraction if recipe.early_stopping else None,
         split_seed,
+        stratify=task.stratify,
     )
-    targets = torch.as_tensor(y_encoded, dtype=torch.int64)
+    targets = task.target_tensor(targets)
     weights = normalized_sample_weight(sample_weight, train_idx)
-    loss_weights = class_loss_weights(recipe.class_weight, classes, y)
 
     def run(fn, rows):
         return run_in_batches(fn, rows, batch_size=recipe.batch_size,
@@ -177,21 +179,28 @@ def train_transfer_model(model, recipe, *, images, features, frozen_pass, y,
 
     clean = features if features is not None else images.centre
     if probe:
-        losses = fit_head_lbfgs(
-            model.suffix.head,
-            _probe_embeddings(model, frozen_pass, images, clean, train_idx, run),
-            targets[train_idx],
-            C=recipe.C,
-            sample_weight=None if weights is None else weights[train_idx],
-            class_weight=loss_weights,
-            label_smoothing=recipe.label_smoothing,
+        embeddings = _probe_embeddings(
+            model, frozen_pass, images, clean, train_idx, run
         )
+        head = model.suffix.head
+        probe_weights = None if weights is None else weights[train_idx]
+        closed_form = task.ridge_alpha is not None and is_linear_head(head)
+        if closed_form:  # one large matrix product, where threads help
+            losses = fit_head_ridge(
+                head, embeddings, targets[train_idx], alpha=task.ridge_alpha,
+                sample_weight=probe_weights,
+            )
+        else:
+            losses = fit_head_lbfgs(
+                head, embeddings, targets[train_idx], loss=task.probe_loss,
+                C=task.probe_C, sample_weight=probe_weights,
+            )
         if recipe.unfreeze == 0 and not recipe.augment:
             # The probed head is the fitted model: nothing left to train.
-            record = History([{
-                "epoch": 1, "train_loss": losses[-1], "lbfgs_iterations": len(losses),
-            }])
-            return TrainingResult(None, False, record, recipe.batch_size)
+            record = {"epoch": 1, "train_loss": losses[-1]}
+            if not closed_form:
+                record["lbfgs_iterations"] = len(losses)
+            return TrainingResult(None, False, History([record]), recipe.batch_size)
     if images.views is not None:  # precomputed random views of the prefix
         module, num_workers = model.suffix, 0
         train, valid = images.datasets(train_idx, valid_idx, targets, weights)
@@ -206,9 +215,14 @@ def train_transfer_model(model, recipe, *, images, features, frozen_pass, y,
         module = model
         num_workers = recipe.loader_workers(len(train_idx))
         train, valid = images.datasets(train_idx, valid_idx, targets, weights)
+    criterion, criterion_params = task.criterion()
+    net_class, classes = task.net()
     plan = TrainingPlan(
         module=module,
-        n_classes=len(classes),
+        criterion=criterion,
+        criterion_params=criterion_params,
+        net_class=net_class,
+        classes=classes,
         lr=recipe.lr,
         lr_scales=model.suffix.lr_scales(recipe.backbone_lr_ratio, recipe.layer_decay),
         optimizer=OPTIMIZERS.get(recipe.optimizer, recipe.optimizer),
@@ -217,7 +231,6 @@ def train_transfer_model(model, recipe, *, images, features, frozen_pass, y,
         device=device,
         valid=valid,
         n_iter_no_change=recipe.n_iter_no_change if recipe.early_stopping else None,
-        loss_weights=loss_weights,
         weighted=weights is not None,
         num_workers=num_workers,
         autocast_dtype=autocast_dtype,
@@ -229,7 +242,6 @@ def train_transfer_model(model, recipe, *, images, features, frozen_pass, y,
         lr_schedule=recipe.lr_schedule,
         warmup_fraction=recipe.warmup_fraction,
         n_train=len(train_idx),
-        label_smoothing=recipe.label_smoothing,
     )
     net, interrupted, batch_size = fit_with_oom_backoff(plan, train, seed=seed)
     return TrainingResult(net, interrupted, net.history, batch_size)

@@ -15,9 +15,8 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
-from skorch import NeuralNetClassifier
+from skorch import NeuralNetClassifier, NeuralNetRegressor
 from skorch.callbacks import Callback, EarlyStopping, LRScheduler
 from skorch.helper import predefined_split
 from skorch.history import History
@@ -36,6 +35,7 @@ __all__ = [
     "StopOnNonFiniteLoss",
     "TrainingPlan",
     "TransferNet",
+    "TransferRegressorNet",
     "ValidationEarlyStopping",
     "WarmupCosine",
     "build_net",
@@ -94,8 +94,8 @@ class ValidationEarlyStopping(EarlyStopping):
             raise
 
 
-class TransferNet(NeuralNetClassifier):
-    """skorch classifier that trains only parameters with ``requires_grad``.
+class _TransferNetMixin:
+    """A skorch net that trains only parameters with ``requires_grad``.
 
     With ``autocast_dtype`` set, forward passes run under ``torch.autocast``
     (mixed precision on CUDA); outputs are cast back to float32 for the loss.
@@ -106,7 +106,8 @@ class TransferNet(NeuralNetClassifier):
 
     Sample weights travel with the inputs: a batch ``X`` may be a dict
     ``{"X": inputs, "sample_weight": weights}``; the criterion must then be
-    built with ``reduction="none"`` and the loss is the weighted mean.
+    built with ``reduction="none"`` and the loss is the weighted mean (over
+    every output of a sample, for losses with one value per output).
 
     ``lr_scales`` maps ``id(parameter)`` to a multiplier of the learning
     rate (see ``TrainableSuffix.lr_scales``); parameters with one scale form
@@ -215,6 +216,8 @@ class TransferNet(NeuralNetClassifier):
         loss = super().get_loss(y_pred, y_true, X=X, training=training)
         if isinstance(X, Mapping) and "sample_weight" in X:
             weight = to_tensor(X["sample_weight"], device=self.device)
+            # One weight per sample, broadcast over a loss of shape (n, k).
+            weight = weight.reshape(-1, *([1] * (loss.dim() - 1)))
             loss = (weight * loss).mean()
         return loss
 
@@ -272,6 +275,23 @@ class CompiledModule(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.compiled_call(self.module, *args, **kwargs)
+
+
+class TransferNet(_TransferNetMixin, NeuralNetClassifier):
+    """The skorch classifier of single-label targets (class indices).
+
+    See :class:`_TransferNetMixin` for what it adds to skorch.
+    """
+
+
+class TransferRegressorNet(_TransferNetMixin, NeuralNetRegressor):
+    """The skorch net of float target matrices: regression, multi-label.
+
+    skorch's regressor is the plain net with float targets and the loss as
+    the only score, which is what a multi-label indicator trained with a
+    binary cross-entropy needs as well (its classifier's accuracy callback
+    and ``predict`` assume one class per sample).
+    """
 
 
 def _scaled_groups(groups, scales, base_lr):
@@ -377,8 +397,15 @@ class TrainingPlan:
     ----------
     module : torch.nn.Module
         What trains: the whole network, or its suffix on cached features.
-    n_classes : int
-        Width of the head.
+    criterion : type
+        The loss, a torch module class.
+    criterion_params : dict
+        Its keyword arguments (class weights, label smoothing, ...).
+    net_class : type
+        :class:`TransferNet` (class indices) or :class:`TransferRegressorNet`
+        (float target matrices).
+    classes : ndarray or None
+        The class indices, for :class:`TransferNet`.
     lr : float
         Learning rate of the head.
     lr_scales : dict
@@ -393,8 +420,6 @@ class TrainingPlan:
     n_iter_no_change : int or None
         Early-stopping patience on the validation loss; None trains every
         epoch.
-    loss_weights : torch.Tensor or None
-        Per-class weights of the loss.
     weighted : bool
         Inputs carry sample weights (the loss is then their weighted mean).
     num_workers : int
@@ -417,12 +442,13 @@ class TrainingPlan:
     warmup_fraction : float
     n_train : int
         Training rows, to count the steps of the schedule.
-    label_smoothing : float
-        Of the cross-entropy loss.
     """
 
     module: nn.Module
-    n_classes: int
+    criterion: type
+    criterion_params: dict
+    net_class: type
+    classes: Any
     lr: float
     lr_scales: dict
     optimizer: type
@@ -431,7 +457,6 @@ class TrainingPlan:
     device: str
     valid: Any = None
     n_iter_no_change: Any = None
-    loss_weights: Any = None
     weighted: bool = False
     num_workers: int = 0
     autocast_dtype: Any = None
@@ -443,7 +468,6 @@ class TrainingPlan:
     lr_schedule: str = "constant"
     warmup_fraction: float = 0.0
     n_train: int = 0
-    label_smoothing: float = 0.0
 
 
 def build_net(plan):
@@ -464,9 +488,9 @@ def build_net(plan):
                 step_every="batch",
             ),
         ))
-    kwargs = {}
-    if plan.label_smoothing:
-        kwargs["criterion__label_smoothing"] = plan.label_smoothing
+    kwargs = {f"criterion__{k}": v for k, v in plan.criterion_params.items()}
+    if plan.classes is not None:
+        kwargs["classes"] = plan.classes
     if plan.optimizer is torch.optim.SGD:
         kwargs["optimizer__momentum"] = 0.9
     if plan.num_workers:
@@ -479,8 +503,7 @@ def build_net(plan):
         kwargs["criterion__reduction"] = "none"
     kwargs.update(
         module=plan.module,
-        criterion=nn.CrossEntropyLoss,
-        criterion__weight=plan.loss_weights,
+        criterion=plan.criterion,
         optimizer=plan.optimizer,
         lr=plan.lr,
         lr_scales=plan.lr_scales,
@@ -490,7 +513,6 @@ def build_net(plan):
         initial_optimizer_state=plan.optimizer_state,
         train_split=None if plan.valid is None else predefined_split(plan.valid),
         iterator_train__shuffle=True,
-        classes=np.arange(plan.n_classes),
         device=plan.device,
         verbose=plan.verbose,
         autocast_dtype=plan.autocast_dtype,
@@ -507,7 +529,7 @@ def build_net(plan):
         kwargs[key] = usable_num_workers(kwargs.get(key, 0))
         if not kwargs[key]:
             kwargs.pop(f"iterator_{split}__persistent_workers", None)
-    return TransferNet(callbacks=callbacks, **kwargs)
+    return plan.net_class(callbacks=callbacks, **kwargs)
 
 
 def fit_with_oom_backoff(plan, train, *, seed):

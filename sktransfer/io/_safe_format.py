@@ -1,4 +1,4 @@
-"""Save and load fitted classifiers without pickle: safetensors plus JSON.
+"""Save and load fitted estimators without pickle: safetensors plus JSON.
 
 A saved model is a directory holding ``model.safetensors`` (tensors only)
 and ``manifest.json`` (parameters, classes, preprocessing, versions and
@@ -92,6 +92,8 @@ def _json_value(value):
         return os.fspath(value)
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        return value.tolist()  # numeric fitted arrays; the estimator converts back
     if isinstance(value, tuple):
         return [_json_value(v) for v in value]
     if isinstance(value, dict):
@@ -174,7 +176,7 @@ def _decode(name, value):
 
 
 def save_model(est, path, *, include_backbone=True):
-    """Write a fitted classifier to directory ``path`` (see module doc)."""
+    """Write a fitted estimator to directory ``path`` (see module doc)."""
     from safetensors.torch import save_file
 
     check_is_fitted(est)
@@ -521,7 +523,7 @@ def _read_tensors(path, manifest):
 
 
 def load_model(cls, path):
-    """Rebuild a classifier saved by :func:`save_model`; unpickles nothing.
+    """Rebuild an estimator saved by :func:`save_model`; unpickles nothing.
 
     Raises
     ------
