@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 
-import sktransfer._classifier as classifier_module
+import sktransfer._trained as classifier_module
 from sktransfer import PretrainedCNNClassifier, clear_feature_cache
 from sktransfer._cache import DiskFeatureStore, memory_store
 

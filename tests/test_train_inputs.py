@@ -206,7 +206,7 @@ def test_augmented_model_predicts_on_the_evaluation_view(colour_images, tiny_par
 @pytest.fixture
 def frozen_images(monkeypatch):
     """Counts images passing through the frozen part of every model built."""
-    import sktransfer._classifier as classifier_module
+    import sktransfer._trained as classifier_module
 
     seen = []
     original = classifier_module.build_transfer_module
