@@ -154,7 +154,8 @@ def test_training_runs_with_its_own_gpu_current(two_gpus, monkeypatch):
 
     monkeypatch.setattr(_training, "run_fit", run_fit)
     plan = _training.TrainingPlan(
-        module=nn.Linear(4, 2), n_classes=2, lr=0.1, lr_scales={},
+        module=nn.Linear(4, 2), criterion=nn.CrossEntropyLoss, criterion_params={},
+            net_class=_training.TransferNet, classes=np.arange(2), lr=0.1, lr_scales={},
         optimizer=torch.optim.SGD, max_epochs=1, batch_size=4, device="cuda:1",
     )
     _training.fit_with_oom_backoff(plan, None, seed=None)
@@ -245,7 +246,8 @@ def test_no_loader_workers_in_a_daemonic_process(monkeypatch):
     assert _runtime.loader_workers(None, 1000, 8) == 0
     assert _runtime.loader_workers(3, 1000, 8) == 0  # asked for, impossible here
     plan = _training.TrainingPlan(
-        module=nn.Linear(4, 2), n_classes=2, lr=0.1, lr_scales={},
+        module=nn.Linear(4, 2), criterion=nn.CrossEntropyLoss, criterion_params={},
+            net_class=_training.TransferNet, classes=np.arange(2), lr=0.1, lr_scales={},
         optimizer=torch.optim.SGD, max_epochs=1, batch_size=4, device="cpu",
         num_workers=2, net_params={"iterator_valid__num_workers": 2},
     )
