@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import make_colour_images
 
+from sktransfer import PretrainedCNNClassifier, PretrainedCNNRegressor
 from sktransfer._cli import main
 
 # unfreeze=1, so that epochs run (a frozen head is fitted by L-BFGS instead).
@@ -424,3 +426,26 @@ def _paths_and_ints(folder):
 
     paths, labels = load_image_folder(folder)
     return paths, labels.astype(int)
+
+
+# The models the command line cannot serve: regressors and multi-label
+# classifiers, each refused with a one-line error saying which.
+@pytest.mark.parametrize("kind", ["regressor", "multilabel"])
+def test_predict_and_evaluate_refuse_other_targets(colour_images, tiny_params,
+                                                   tmp_path, capsys, kind):
+    X, labels = colour_images
+    params = dict(tiny_params, head_solver="lbfgs")
+    if kind == "regressor":
+        model = PretrainedCNNRegressor(**params).fit(X, np.arange(len(X)))
+        message = "holds a PretrainedCNNRegressor"
+    else:
+        model = PretrainedCNNClassifier(**params).fit(
+            X, np.column_stack([labels == "red", labels == "green"]).astype(int))
+        message = "holds a multi-label classifier"
+    folder = str(model.save(tmp_path / "model"))
+    # The model is read first: the data folder is never looked at.
+    for args in (["predict", folder, X[0]], ["evaluate", folder, str(tmp_path)]):
+        assert main([*args, "-q"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("sktransfer: error: ") and message in err
+        assert err.count("\n") == 1

@@ -112,17 +112,6 @@ def test_keyboard_interrupt_stops_the_whole_search(colour_images, tiny_params, s
     assert FIT_LOG == ["fit"]  # no further fold or candidate started
 
 
-def test_fit_never_rewrites_parameters(colour_images, tiny_params):
-    X, y = colour_images
-    clf = PretrainedCNNClassifier(
-        **{**tiny_params, "device": "auto", "num_workers": None}, precision="auto")
-    before = clf.get_params()
-    clf.fit(X, y)
-    assert clf.get_params() == before
-    assert clf.device == "auto" and clf.device_ == "cpu"
-    assert clf.batch_size_ == clf.batch_size == 8
-
-
 def test_out_of_memory_halves_the_batch(colour_images, tiny_params):
     X, y = colour_images
     clf = PretrainedCNNClassifier(**tiny_params,
@@ -146,21 +135,6 @@ def test_out_of_memory_at_batch_one_raises(colour_images, tiny_params):
     with pytest.raises(torch.OutOfMemoryError), pytest.warns(ResourceWarning):
         clf.fit(X, y)
     assert FIT_LOG == [2, 1]
-
-
-@pytest.mark.parametrize(
-    "extra",
-    [{}, {"num_workers": 1, "augment": True, "cache": False},
-     {"unfreeze": 1, "cache": False}],
-)
-def test_same_random_state_same_model(colour_images, tiny_params, extra):
-    X, y = colour_images
-    params = {**tiny_params, **extra}
-    first = PretrainedCNNClassifier(**params).fit(X, y).predict_proba(X)
-    second = PretrainedCNNClassifier(**params).fit(X, y).predict_proba(X)
-    np.testing.assert_array_equal(first, second)
-    other = PretrainedCNNClassifier(**{**params, "random_state": 1}).fit(X, y)
-    assert not np.array_equal(first, other.predict_proba(X))
 
 
 def test_thread_cap_in_a_worker(monkeypatch, colour_images, tiny_params):

@@ -315,7 +315,7 @@ def test_save_killed_at_any_step_leaves_old_or_new_model(
     target = tmp_path / "model"
     old.save(target)
     joblib.dump(new, tmp_path / "new.joblib")
-    script = _KILLING_SAVER.format(tests=str(Path(__file__).parent))
+    script = _KILLING_SAVER.format(tests=str(Path(__file__).parents[1]))
     result = subprocess.run(
         [sys.executable, "-c", script, step, mode, str(tmp_path / "new.joblib"),
          str(target)],
