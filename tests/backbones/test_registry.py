@@ -76,12 +76,25 @@ def test_blocks_and_neck_reproduce_the_model(name):
     assert all(id(p) in covered for p in backbone_params)
 
 
+def _build_without_weights(spec):
+    """The cut on the meta device: parameter shapes without memory or init time.
+
+    RegNet computes its widths from tensor values, which the meta device
+    cannot give; it is built for real.
+    """
+    try:
+        with torch.device("meta"):
+            return spec.build(None)
+    except Exception:  # noqa: BLE001
+        return spec.build(None)
+
+
 @pytest.mark.parametrize("name", TORCHVISION)
 def test_unfreeze_depth_controls_trainable_blocks(name):
     spec = get_backbone(name)
     n = spec.n_blocks
     for k in sorted({0, 1, 2, n}):
-        parts = spec.build(None)
+        parts = _build_without_weights(spec)
         module = build_transfer_module(parts, k, n_classes=3)
         frozen_params = list(module.frozen.parameters())
         trainable_backbone = list(module.suffix.trainable.parameters())
