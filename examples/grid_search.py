@@ -18,7 +18,7 @@ param_grid = [
     # pretrained: the head only, or the head and the last block
     {"backbone": ["efficientnet_lite0"], "unfreeze": [0, 1]},
     # a torchvision family from random weights, for comparison
-    {"backbone": ["resnet18"], "weights": [None], "unfreeze": ["all"]},
+    {"backbone": ["mobilenet_v3_small"], "weights": [None], "unfreeze": ["all"]},
 ]
 search = GridSearchCV(
     clf, param_grid, cv=StratifiedKFold(3, shuffle=True, random_state=0), verbose=1
