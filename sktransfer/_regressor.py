@@ -151,9 +151,9 @@ class PretrainedCNNRegressor(RegressorMixin, TrainedTransferBase):
     ----------
     n_outputs_ : int
         Number of target columns.
-    y_mean_ : ndarray of shape (n_outputs_,)
+    y_mean_ : ndarray of shape (n_outputs,)
         Mean of the training targets.
-    y_scale_ : ndarray of shape (n_outputs_,)
+    y_scale_ : ndarray of shape (n_outputs,)
         Standard deviation of the training targets (1 for a constant one).
     n_features_out_ : int
         Width of :meth:`transform`'s output (the head's input).
