@@ -174,8 +174,11 @@ class PretrainedCNNClassifier(ClassifierMixin, TrainedTransferBase):
         With ``unfreeze=0`` they are small pooled embeddings (2 KiB per image
         for resnet18); with ``unfreeze>=1`` they are feature maps (0.77 MiB
         per image for resnet50 at 224 px). If all training images would take
-        more, ``fit`` warns and runs the frozen part every epoch instead, as
-        with ``cache=False``. See ``docs/performance.md`` for sizes per
+        more, the features of the fit are memory-mapped from a file (beside
+        the disk cache, else in the temporary directory, ``TMPDIR``) that the
+        operating system pages in as training reads them; only if that disk
+        lacks the room does ``fit`` warn and run the frozen part every epoch,
+        as with ``cache=False``. See ``docs/performance.md`` for sizes per
         backbone.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Precision of the frozen forward pass (and of training on CUDA, with

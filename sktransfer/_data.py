@@ -7,6 +7,7 @@ from torch.utils.data import Dataset
 
 from ._images import ImageLoadError
 from ._sources import MEMORY, as_image_sources, check_images, describe_value
+from ._spill import is_disk_backed, lazy_rows_dataset
 
 __all__ = [
     "ImageDataset",
@@ -100,8 +101,11 @@ def tensor_dataset(features, targets, weights, idx):
     """Rows ``idx`` of cached features as a skorch Dataset.
 
     With ``weights``, inputs are dicts ``{"X": row, "sample_weight": w}``,
-    the form ``TransferNet`` takes sample weights in.
+    the form ``TransferNet`` takes sample weights in. Memory-mapped features
+    are read a batch at a time rather than copied.
     """
+    if is_disk_backed(features):
+        return lazy_rows_dataset(features, targets, weights, idx)
     if weights is None:
         return SkorchDataset(features[idx], targets[idx])
     return SkorchDataset(

@@ -27,6 +27,7 @@ from ._decoded import DecodedImages
 from ._images import BadImagesError, ImageLoadError
 from ._runtime import autocast_context, device_scope, loader_workers
 from ._sources import as_image_sources, check_images
+from ._spill import disk_tensor, free_disk_bytes, spill_directory
 from ._transforms import eval_transform
 from ._warnings import user_stacklevel
 
@@ -176,17 +177,24 @@ class FeatureCacheTooLarge(MemoryError):
     running the frozen part on the fly.
     """
 
-    def __init__(self, n_bytes, max_bytes, row_shape, n_images):
+    def __init__(self, n_bytes, max_bytes, row_shape, n_images, disk=None):
         self.n_bytes = n_bytes
         self.max_bytes = max_bytes
         self.row_shape = tuple(row_shape)
         self.n_images = n_images
-        super().__init__(
+        message = (
             f"The frozen features of {n_images:,} images would take "
             f"{format_bytes(n_bytes)} ({format_bytes(n_bytes / n_images)} per "
             f"image, shape {self.row_shape}), more than the bound of "
-            f"{format_bytes(max_bytes)}."
+            f"{format_bytes(max_bytes)}"
         )
+        if disk is not None:
+            directory, free = disk
+            message += (
+                f" and more than the {format_bytes(free)} free in {directory}, "
+                "where they would be memory-mapped"
+            )
+        super().__init__(message + ".")
 
 
 def format_bytes(n_bytes):
@@ -203,18 +211,32 @@ class _Rows:
 
     Rows are written in place, so extracting ``n`` images needs one
     ``(n, ...)`` tensor rather than a list of rows plus their stacked copy.
+    Beyond ``max_bytes`` it is memory-mapped from a file in ``spill_dir``
+    (:func:`~sktransfer._spill.disk_tensor`) when one is given and its disk
+    has room.
     """
 
-    def __init__(self, n, max_bytes):
+    def __init__(self, n, max_bytes, spill_dir=None):
         self.n = n
         self.max_bytes = max_bytes
+        self.spill_dir = spill_dir
         self.tensor = None
 
     def _allocate(self, row_shape):
-        n_bytes = 4 * self.n * math.prod(row_shape)  # float32
-        if self.max_bytes is not None and n_bytes > self.max_bytes:
+        shape = (self.n, *row_shape)
+        n_bytes = 4 * math.prod(shape)  # float32
+        if self.max_bytes is None or n_bytes <= self.max_bytes:
+            self.tensor = torch.zeros(shape, dtype=torch.float32)
+            return
+        if self.spill_dir is None:
             raise FeatureCacheTooLarge(n_bytes, self.max_bytes, row_shape, self.n)
-        self.tensor = torch.zeros((self.n, *row_shape), dtype=torch.float32)
+        free = free_disk_bytes(self.spill_dir)
+        if free < n_bytes:
+            raise FeatureCacheTooLarge(
+                n_bytes, self.max_bytes, row_shape, self.n,
+                disk=(self.spill_dir, free),
+            )
+        self.tensor = disk_tensor(shape, self.spill_dir)
 
     def set_one(self, i, row):
         if self.tensor is None:
@@ -295,7 +317,7 @@ def _lookup(frozen_pass, stores, model_key, paths, fingerprints, rows):
 
 
 def extract_features(frozen_pass, paths, *, max_bytes=None, use_cache=True,
-                     desc="Extracting features"):
+                     desc="Extracting features", spill_dir=None):
     """Frozen-prefix outputs for every image, computing only cache misses.
 
     Parameters
@@ -310,26 +332,32 @@ def extract_features(frozen_pass, paths, *, max_bytes=None, use_cache=True,
         before the other images are processed.
     use_cache : bool, default=True
         Look up and store features in the cache the pass names.
+    desc : str, default="Extracting features"
+        Label of the progress bar.
+    spill_dir : str or None, default=None
+        Beyond ``max_bytes``, memory-map the result from a file in this
+        directory instead of raising, if its disk has room.
 
     Returns
     -------
     features : torch.Tensor of shape (n_images, ...) or None
-        float32 on the CPU; rows of images that failed to load are zeros.
-        None when no image could be loaded.
+        float32 on the CPU (memory-mapped when spilled); rows of images that
+        failed to load are zeros. None when no image could be loaded.
     errors : list of (int, str)
         Index and reason of every image that failed to load, in order.
 
     Raises
     ------
     FeatureCacheTooLarge
-        When the features would take more than ``max_bytes``.
+        When the features would take more than ``max_bytes`` (and, with
+        ``spill_dir``, more than its free disk space).
     """
     paths = as_image_sources(paths)
     n = len(paths)
     model_key = frozen_pass.cache_key if use_cache else None
     stores = list(frozen_pass.stores) if model_key is not None else []
     fingerprints = paths.fingerprints() if stores else [None] * n
-    rows = _Rows(n, max_bytes)
+    rows = _Rows(n, max_bytes, spill_dir)
     hits, errors = _lookup(frozen_pass, stores, model_key, paths, fingerprints, rows)
     misses = [i for i in range(n) if not hits[i]]
     if misses:
@@ -358,24 +386,32 @@ def extract_features(frozen_pass, paths, *, max_bytes=None, use_cache=True,
     return rows.tensor, errors
 
 
-def training_features(frozen_pass, paths, *, max_gb):
-    """Cached frozen features of the training images, if they fit ``max_gb``.
+def training_features(frozen_pass, paths, *, max_gb, spill=True):
+    """Frozen features of the training images, computed once for the fit.
+
+    Within ``max_gb`` they are held in memory; beyond it, with ``spill``,
+    memory-mapped from a file beside the disk cache or in the temporary
+    directory (:func:`~sktransfer._spill.spill_directory`), which the
+    operating system pages in as training reads rows.
 
     Returns ``(features, errors)``, or ``(None, None)`` with a warning when
-    they would exceed the bound: the caller then runs the frozen part every
-    epoch instead.
+    they fit neither: the caller then runs the frozen part every epoch
+    instead.
     """
+    spill_dir = spill_directory(frozen_pass.stores) if spill else None
     try:
         return extract_features(
-            frozen_pass, paths, max_bytes=int(max_gb * 1024**3)
+            frozen_pass, paths, max_bytes=int(max_gb * 1024**3),
+            spill_dir=spill_dir,
         )
     except FeatureCacheTooLarge as exc:
         warnings.warn(
             f"{exc} The frozen part will run every epoch instead of being "
             f"cached (cache_max_gb={max_gb}), which is slower. "
             "If the memory is available, raise cache_max_gb to at least "
-            f"{exc.n_bytes / 1024**3:.3g}; otherwise a smaller unfreeze or "
-            "image_size also shrinks the features.",
+            f"{exc.n_bytes / 1024**3:.3g}; otherwise free disk space there, "
+            "point TMPDIR or cache= at a larger disk, or choose a smaller "
+            "unfreeze or image_size, which shrinks the features.",
             UserWarning,
             stacklevel=user_stacklevel(),
         )

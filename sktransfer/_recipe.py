@@ -25,6 +25,7 @@ from ._frozen import map_features
 from ._labels import normalized_sample_weight, validation_split
 from ._probe import fit_head_lbfgs, fit_head_ridge, is_linear_head
 from ._runtime import autocast_context, loader_workers
+from ._spill import RowView
 from ._training import OPTIMIZERS, TrainingPlan, fit_with_oom_backoff
 
 __all__ = ["Recipe", "TrainingResult", "run_in_batches", "train_transfer_model"]
@@ -112,7 +113,7 @@ def _probe_embeddings(model, frozen_pass, images, features, idx, run):
     model.eval()
     trainable = model.suffix.trainable
     if features is not None:
-        embeddings = run(trainable, features[idx])
+        embeddings = run(trainable, RowView(features, idx))
     else:
         embeddings = map_features(
             frozen_pass, images.paths[idx], lambda rows: run(trainable, rows)

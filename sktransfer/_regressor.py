@@ -119,7 +119,8 @@ class PretrainedCNNRegressor(RegressorMixin, TrainedTransferBase):
         Feature cache of the frozen part, shared with the classifier and the
         feature extractor (it depends on the images only, not on ``y``).
     cache_max_gb : float, default=4.0
-        Bound, in GiB, on the frozen features held in memory during ``fit``.
+        Bound, in GiB, on the frozen features held in memory during ``fit``;
+        beyond it they are memory-mapped from a file, as in the classifier.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Precision of the frozen forward pass (and of training on CUDA).
     compile : bool, default=False

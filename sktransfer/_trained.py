@@ -26,6 +26,7 @@ from ._module import build_transfer_module
 from ._recipe import Recipe, run_in_batches, train_transfer_model
 from ._runtime import limit_threads_in_worker, seeded, torch_seed
 from ._sources import check_images
+from ._spill import take_rows
 from ._train_inputs import TrainingImages, decode_training_images
 from ._training import OPTIMIZERS, optimizer_snapshot
 from ._warnings import user_stacklevel
@@ -206,7 +207,7 @@ class TrainedTransferBase(
         if sample_weight is not None:
             sample_weight = sample_weight[keep]
         if features is not None:
-            features = features[torch.from_numpy(keep)]
+            features = take_rows(features, keep)
         if not (warm or classes is not None or keep.all()):
             self._refit_targets(y)
         targets = self._encode_targets(y)

@@ -4,6 +4,7 @@ import errno
 import os
 import shutil
 import stat
+import tempfile
 import warnings
 
 import joblib
@@ -13,9 +14,11 @@ import torch
 from PIL import Image
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 
+import sktransfer._frozen as _frozen
 import sktransfer._trained as classifier_module
 from sktransfer import PretrainedCNNClassifier, clear_feature_cache
 from sktransfer._cache import DiskFeatureStore, memory_store
+from sktransfer._spill import disk_tensor, is_disk_backed
 
 
 class FrozenCounter:
@@ -221,17 +224,50 @@ def test_unseeded_random_backbone_is_never_cached(
 # -- the memory bound ----------------------------------------------------------
 
 
-def test_memory_bound_falls_back_to_uncached_training(
-    colour_images, tiny_params, frozen_calls, cpu_native_bf16
+def test_memory_bound_spills_the_features_to_a_memory_mapped_file(
+    colour_images, tiny_params, frozen_calls, cpu_native_bf16, tmp_path, monkeypatch
 ):
     X, y = colour_images
     params = dict(tiny_params, unfreeze=1)
     cached = PretrainedCNNClassifier(**params).fit(X, y)
     clear_feature_cache()
     frozen_calls.take()
+    spill_dir = tmp_path / "tmp"
+    spill_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill_dir))
+    mapped = []
+    monkeypatch.setattr(
+        _frozen, "disk_tensor",
+        lambda *args, **kw: mapped.append(disk_tensor(*args, **kw)) or mapped[-1],
+    )
     # tiny_cnn, unfreeze=1: 16x8x8 floats = 4 KiB per image, 96 KiB for 24.
     bounded = PretrainedCNNClassifier(**params, cache_max_gb=50 / 1024**2)
-    with pytest.warns(UserWarning, match=r"96 KiB.*raise cache_max_gb") as record:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bounded.fit(X, y)
+    assert [tuple(t.shape) for t in mapped] == [(len(X), 16, 8, 8)]
+    assert is_disk_backed(mapped[0])
+    # The frozen part ran once over the images, not every epoch.
+    assert frozen_calls.take() == len(X)
+    assert list(spill_dir.iterdir()) == []  # the file has no name left
+    np.testing.assert_allclose(
+        cached.predict_proba(X), bounded.predict_proba(X), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_memory_bound_without_disk_room_falls_back_to_uncached_training(
+    colour_images, tiny_params, frozen_calls, cpu_native_bf16, monkeypatch
+):
+    X, y = colour_images
+    params = dict(tiny_params, unfreeze=1)
+    cached = PretrainedCNNClassifier(**params).fit(X, y)
+    clear_feature_cache()
+    frozen_calls.take()
+    monkeypatch.setattr(_frozen, "free_disk_bytes", lambda directory: 1000)
+    bounded = PretrainedCNNClassifier(**params, cache_max_gb=50 / 1024**2)
+    with pytest.warns(
+        UserWarning, match=r"96 KiB.*1e\+03 B free in .*raise cache_max_gb"
+    ) as record:
         bounded.fit(X, y)
     assert record[0].filename == __file__
     # The first batch was run to measure a row, then every epoch.
