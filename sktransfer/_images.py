@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ._compat import pillow_openers
+from ._dicom import check_dicom, is_dicom, read_dicom
 from ._intensity import covering_bits, png_significant_bits, rescale_8bit, to_uint8
 from ._warnings import user_stacklevel
 
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "MPO", "ICO")
+# Read through pydicom (the "medical" extra), not Pillow: see _dicom.
+OTHER_FORMATS = ("DICOM",)
 
 # Fill colour for transparent pixels: white, as viewers and browsers show them.
 _BACKGROUND = (255, 255, 255, 255)
@@ -128,7 +131,7 @@ def _identify(fp, path):
     raise ImageLoadError(
         path,
         "not a readable image (unknown format or corrupt header); allowed "
-        f"formats: {', '.join(ALLOWED_FORMATS)}",
+        f"formats: {', '.join(ALLOWED_FORMATS + OTHER_FORMATS)}",
     )
 
 
@@ -241,6 +244,9 @@ def check_image_header(path, *, max_image_pixels=None):
 def read_image_header(fp, name, *, max_image_pixels=None):
     """:func:`check_image_header` for an open binary file ``fp`` named ``name``."""
     with _decode_errors(name):
+        if is_dicom(fp):
+            check_dicom(fp, name, max_image_pixels=max_image_pixels)
+            return
         _identify_within_limit(fp, name, max_image_pixels)
 
 
@@ -288,6 +294,10 @@ def read_rgb_image(fp, name, *, max_image_pixels=None, min_side=None,
     ``fp`` must be seekable; ``name`` is what errors report (a path or URL).
     """
     with _decode_errors(name):
+        if is_dicom(fp):
+            return read_dicom(
+                fp, name, max_image_pixels=max_image_pixels, intensity=intensity
+            )
         img = _identify_within_limit(fp, name, max_image_pixels)
         if min_side is not None and img.format == "JPEG":
             img.draft(None, _draft_size(img.size, min_side))
