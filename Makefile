@@ -41,7 +41,7 @@ except ImportError:
     import tomli as tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 extras = project["optional-dependencies"]
-reqs = project["dependencies"] + [r for x in ("timm", "plot", "dask", "remote", "onnx", "dev") for r in extras[x]]
+reqs = project["dependencies"] + [r for x in ("timm", "plot", "dask", "remote", "onnx", "medical", "dev") for r in extras[x]]
 pins = {}
 for line in open("requirements-oldest.txt"):
     if line.split("#")[0].strip():

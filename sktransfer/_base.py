@@ -3,6 +3,7 @@ backbone, images, device, precision and cache; building the backbone; the
 frozen feature pass; and the fitted state that persistence stores."""
 
 import copy
+import dataclasses
 import os
 import warnings
 from numbers import Integral
@@ -14,6 +15,7 @@ from sklearn.base import BaseEstimator
 from ._cache import stores_for
 from ._compat import Interval, StrOptions
 from ._frozen import FrozenPass, frozen_cache_key
+from ._intensity import INTENSITY_CONSTRAINT, check_intensity
 from ._runtime import device_unavailable_reason, resolve_device, resolve_precision
 from ._warnings import user_stacklevel
 from .backbones import get_backbone
@@ -43,6 +45,7 @@ class TransferEstimatorBase(PickleSupportMixin, BaseEstimator):
         "device": [str],
         "num_workers": [Interval(Integral, 0, None, closed="left"), None],
         "max_image_pixels": [Interval(Integral, 1, None, closed="left"), None],
+        "intensity": INTENSITY_CONSTRAINT,
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -118,7 +121,10 @@ class TransferEstimatorBase(PickleSupportMixin, BaseEstimator):
         """Set the fitted attributes that the backbone just built determines."""
         self.backbone_n_blocks_ = spec.n_blocks
         self.n_frozen_blocks_ = n_frozen_blocks
-        self.preprocessing_ = parts.preprocessing.with_image_size(self.image_size)
+        self.preprocessing_ = dataclasses.replace(
+            parts.preprocessing.with_image_size(self.image_size),
+            intensity=check_intensity(self.intensity, type(self).__name__),
+        )
         self.weights_id_ = parts.weights_id
 
     def _place_module(self, module):

@@ -59,23 +59,28 @@ class ImageDataset(Dataset):
     min_side : int or None, default=None
         Shorter side the transform resizes to; lets JPEGs decode at reduced
         scale.
+    intensity : str or tuple, default="auto"
+        How pixel values become 8 bits (the fitted preprocessing's policy).
     """
 
     def __init__(
-        self, paths, transform, targets=None, max_image_pixels=None, min_side=None
+        self, paths, transform, targets=None, max_image_pixels=None, min_side=None,
+        intensity="auto",
     ):
         self.paths = as_image_sources(paths)
         self.transform = transform
         self.targets = targets
         self.max_image_pixels = max_image_pixels
         self.min_side = min_side
+        self.intensity = intensity
 
     def __len__(self):
         return len(self.paths)
 
     def _load(self, i):
         img = self.paths.open(
-            i, max_image_pixels=self.max_image_pixels, min_side=self.min_side
+            i, max_image_pixels=self.max_image_pixels, min_side=self.min_side,
+            intensity=self.intensity,
         )
         return self.transform(img)
 

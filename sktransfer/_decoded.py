@@ -169,7 +169,7 @@ class DecodedImages:
         images = torch.zeros((len(paths), 3, s, s), dtype=torch.uint8)
         dataset = ImageDataset(
             paths, store_transform(prep), max_image_pixels=max_image_pixels,
-            min_side=s,
+            min_side=s, intensity=prep.intensity,
         )
         loader = DataLoader(
             dataset, batch_size=batch_size, num_workers=usable_num_workers(num_workers),

@@ -56,6 +56,15 @@ class PretrainedFeatureExtractor(
         ``multiprocessing`` pool), which may not start them.
     max_image_pixels : int or None, default=None
         Refuse larger images (decompression-bomb guard).
+    intensity : str or tuple, default="auto"
+        How pixel values become the 8 bits the weights expect. ``"auto"``
+        leaves 8-bit images unchanged and scales high-bit-depth ones (16-bit
+        PNG/TIFF, DICOM) by their significant bits (a 12-bit image stored in
+        16 bits: 4095 becomes 255), or by a DICOM file's own window;
+        ``"bit_depth"`` by the storage depth (16 bits divided by 257);
+        ``"minmax"`` and ``"percentile"`` stretch each image (1st to 99th
+        percentile); ``(low, high)`` is a fixed window in the file's units.
+        See "Medical and high-bit-depth images" in the user guide.
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation of a backbone with ``weights=None``.
     verbose : int, default=0
@@ -107,6 +116,7 @@ class PretrainedFeatureExtractor(
         device="auto",
         num_workers=None,
         max_image_pixels=None,
+        intensity="auto",
         random_state=None,
         verbose=0,
     ):
@@ -119,6 +129,7 @@ class PretrainedFeatureExtractor(
         self.device = device
         self.num_workers = num_workers
         self.max_image_pixels = max_image_pixels
+        self.intensity = intensity
         self.random_state = random_state
         self.verbose = verbose
 

@@ -16,8 +16,8 @@ __all__ = ["IMAGE_EXTENSIONS", "list_images", "load_image_folder", "walk_images"
 
 # Extensions of the formats the image loader accepts (see _images.ALLOWED_FORMATS).
 IMAGE_EXTENSIONS = (
-    ".bmp", ".gif", ".ico", ".jpeg", ".jpg", ".mpo", ".pbm", ".pgm", ".png",
-    ".pnm", ".ppm", ".tif", ".tiff", ".webp",
+    ".bmp", ".dcm", ".gif", ".ico", ".jpeg", ".jpg", ".mpo", ".pbm", ".pgm",
+    ".png", ".pnm", ".ppm", ".tif", ".tiff", ".webp",
 )  # fmt: skip
 
 # How many skipped names a warning spells out before it only counts the rest.

@@ -97,6 +97,7 @@ class FrozenPass:
             paths, self.transform or eval_transform(self.preprocessing),
             max_image_pixels=self.max_image_pixels,
             min_side=self.preprocessing.resize_size,
+            intensity=self.preprocessing.intensity,
         )
 
 

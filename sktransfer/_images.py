@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ._compat import pillow_openers
+from ._dicom import check_dicom, is_dicom, read_dicom
+from ._intensity import covering_bits, png_significant_bits, rescale_8bit, to_uint8
 from ._warnings import user_stacklevel
 
 __all__ = [
@@ -34,6 +36,8 @@ __all__ = [
 ]
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "MPO", "ICO")
+# Read through pydicom (the "medical" extra), not Pillow: see _dicom.
+OTHER_FORMATS = ("DICOM",)
 
 # Fill colour for transparent pixels: white, as viewers and browsers show them.
 _BACKGROUND = (255, 255, 255, 255)
@@ -127,7 +131,7 @@ def _identify(fp, path):
     raise ImageLoadError(
         path,
         "not a readable image (unknown format or corrupt header); allowed "
-        f"formats: {', '.join(ALLOWED_FORMATS)}",
+        f"formats: {', '.join(ALLOWED_FORMATS + OTHER_FORMATS)}",
     )
 
 
@@ -138,17 +142,32 @@ def _draft_size(size, min_side):
     return math.ceil(w * ratio), math.ceil(h * ratio)
 
 
-def _high_bit_depth_to_l(img):
-    """Scale 16-bit and 32-bit grey images to 8 bits instead of clipping them."""
-    arr = np.asarray(img, dtype=np.float64)
+def _is_high_bit_depth(img, values):
+    # "I;16*" images are 16-bit; "I" may hold 8- or 16-bit data.
+    return img.mode.startswith("I;16") or values.max(initial=0.0) > 255
+
+
+def _high_bit_depth_to_l(img, intensity="bit_depth", significant_bits=None):
+    """Scale 16-bit and 32-bit grey images to 8 bits instead of clipping them.
+
+    ``intensity`` is the policy of :mod:`sktransfer._intensity`;
+    ``significant_bits`` (a PNG's ``sBIT``) sets the full scale under
+    ``"auto"``.
+    """
+    values = np.asarray(img, dtype=np.float64)
     if img.mode == "F":
-        scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0
+        # Floats carry no bit depth: [0, 1] images are scaled, others kept.
+        full_scale = 1.0 if values.max(initial=0.0) <= 1.0 else 255.0
+    elif not _is_high_bit_depth(img, values):
+        full_scale = 255.0
+    elif intensity == "bit_depth":
+        full_scale = 65535.0  # /257, clipping 32-bit values above 16 bits
     else:
-        # "I;16*" images are 16-bit; "I" may hold 8- or 16-bit data.
-        is_16bit = img.mode.startswith("I;16") or arr.max(initial=0.0) > 255
-        scale = 1.0 / 257.0 if is_16bit else 1.0
-    arr = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
-    return Image.fromarray(arr, mode="L")
+        bits = significant_bits or covering_bits(values.max(initial=0.0))
+        full_scale = float(2**bits - 1)
+    return Image.fromarray(
+        to_uint8(values, intensity, full_scale=full_scale), mode="L"
+    )
 
 
 def _has_alpha(img):
@@ -157,15 +176,30 @@ def _has_alpha(img):
     )
 
 
-def to_rgb(img):
-    """Convert any Pillow image to 8-bit RGB, compositing alpha on white."""
+def to_rgb(img, intensity="auto", significant_bits=None):
+    """Convert any Pillow image to 8-bit RGB, compositing alpha on white.
+
+    Parameters
+    ----------
+    img : PIL.Image.Image
+        Any mode.
+    intensity : str or tuple, default="auto"
+        How values become 8 bits (see :mod:`sktransfer._intensity`).
+    significant_bits : int or None, default=None
+        Bits that carry data in a high-bit-depth image (a PNG's ``sBIT``).
+    """
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-        img = _high_bit_depth_to_l(img)
+        # The policy is applied here, on the values as stored.
+        return _high_bit_depth_to_l(img, intensity, significant_bits).convert("RGB")
     if _has_alpha(img):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, _BACKGROUND)
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+        rgb = Image.alpha_composite(background, rgba).convert("RGB")
+    else:
+        rgb = img.convert("RGB")
+    if intensity in ("auto", "bit_depth"):
+        return rgb  # 8-bit images unchanged, without a copy
+    return Image.fromarray(rescale_8bit(np.asarray(rgb), intensity), mode="RGB")
 
 
 def _identify_within_limit(fp, path, max_image_pixels):
@@ -210,10 +244,14 @@ def check_image_header(path, *, max_image_pixels=None):
 def read_image_header(fp, name, *, max_image_pixels=None):
     """:func:`check_image_header` for an open binary file ``fp`` named ``name``."""
     with _decode_errors(name):
+        if is_dicom(fp):
+            check_dicom(fp, name, max_image_pixels=max_image_pixels)
+            return
         _identify_within_limit(fp, name, max_image_pixels)
 
 
-def load_rgb_image(path, *, max_image_pixels=None, min_side=None):
+def load_rgb_image(path, *, max_image_pixels=None, min_side=None,
+                   intensity="auto"):
     """Load an image file as an upright 8-bit RGB Pillow image.
 
     Parameters
@@ -227,6 +265,8 @@ def load_rgb_image(path, *, max_image_pixels=None, min_side=None):
         If given, JPEGs are decoded at the smallest reduced scale whose
         shorter side is still at least ``min_side`` (much faster for large
         photos that are resized anyway).
+    intensity : str or tuple, default="auto"
+        How pixel values become 8 bits; see :mod:`sktransfer._intensity`.
 
     Returns
     -------
@@ -242,26 +282,35 @@ def load_rgb_image(path, *, max_image_pixels=None, min_side=None):
     _check_regular_file(path)
     with _decode_errors(path), open(path, "rb") as fp:
         return read_rgb_image(
-            fp, path, max_image_pixels=max_image_pixels, min_side=min_side
+            fp, path, max_image_pixels=max_image_pixels, min_side=min_side,
+            intensity=intensity,
         )
 
 
-def read_rgb_image(fp, name, *, max_image_pixels=None, min_side=None):
+def read_rgb_image(fp, name, *, max_image_pixels=None, min_side=None,
+                   intensity="auto"):
     """:func:`load_rgb_image` for an open binary file ``fp`` named ``name``.
 
     ``fp`` must be seekable; ``name`` is what errors report (a path or URL).
     """
     with _decode_errors(name):
+        if is_dicom(fp):
+            return read_dicom(
+                fp, name, max_image_pixels=max_image_pixels, intensity=intensity
+            )
         img = _identify_within_limit(fp, name, max_image_pixels)
         if min_side is not None and img.format == "JPEG":
             img.draft(None, _draft_size(img.size, min_side))
         img.load()
-        return upright_rgb(img)
+        bits = None
+        if img.format == "PNG" and img.mode.startswith("I"):
+            bits = png_significant_bits(fp)
+        return upright_rgb(img, intensity, significant_bits=bits)
 
 
-def upright_rgb(img):
+def upright_rgb(img, intensity="auto", *, significant_bits=None):
     """``img`` turned upright by its EXIF orientation, as 8-bit RGB."""
-    return to_rgb(ImageOps.exif_transpose(img))
+    return to_rgb(ImageOps.exif_transpose(img), intensity, significant_bits)
 
 
 def check_pixel_limit(n_pixels, name, max_image_pixels):
@@ -276,7 +325,7 @@ def check_pixel_limit(n_pixels, name, max_image_pixels):
         )
 
 
-def rgb_from_pil(img, name, *, max_image_pixels=None):
+def rgb_from_pil(img, name, *, max_image_pixels=None, intensity="auto"):
     """An in-memory Pillow image as :func:`load_rgb_image` returns a file's.
 
     The same pixel limit, EXIF orientation and conversion apply, so an image
@@ -289,4 +338,4 @@ def rgb_from_pil(img, name, *, max_image_pixels=None):
     check_pixel_limit(width * height, name, max_image_pixels)
     with _decode_errors(name):
         img.load()
-        return upright_rgb(img)
+        return upright_rgb(img, intensity)

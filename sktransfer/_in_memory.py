@@ -110,7 +110,7 @@ def _array_to_pil(a, name):
     return Image.fromarray(np.ascontiguousarray(a))
 
 
-def open_in_memory(item, name, *, max_image_pixels=None):
+def open_in_memory(item, name, *, max_image_pixels=None, intensity="auto"):
     """A Pillow image or image array as upright 8-bit RGB.
 
     Alpha is composited on white and the pixel limit applies, as for files.
@@ -122,7 +122,9 @@ def open_in_memory(item, name, *, max_image_pixels=None):
     """
     if isinstance(item, np.ndarray):
         item = _array_to_pil(item, name)
-    return rgb_from_pil(item, name, max_image_pixels=max_image_pixels)
+    return rgb_from_pil(
+        item, name, max_image_pixels=max_image_pixels, intensity=intensity
+    )
 
 
 def in_memory_fingerprint(item):

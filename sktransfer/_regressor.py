@@ -136,6 +136,15 @@ class PretrainedCNNRegressor(RegressorMixin, TrainedTransferBase):
         of them, or are dropped with their targets and a warning.
     max_image_pixels : int or None, default=None
         Refuse larger images (decompression-bomb guard).
+    intensity : str or tuple, default="auto"
+        How pixel values become the 8 bits the weights expect. ``"auto"``
+        leaves 8-bit images unchanged and scales high-bit-depth ones (16-bit
+        PNG/TIFF, DICOM) by their significant bits (a 12-bit image stored in
+        16 bits: 4095 becomes 255), or by a DICOM file's own window;
+        ``"bit_depth"`` by the storage depth (16 bits divided by 257);
+        ``"minmax"`` and ``"percentile"`` stretch each image (1st to 99th
+        percentile); ``(low, high)`` is a fixed window in the file's units.
+        See "Medical and high-bit-depth images" in the user guide.
     net_params : dict or None, default=None
         Extra keyword arguments for skorch's ``NeuralNetRegressor``.
     warm_start : bool, default=False
@@ -239,6 +248,7 @@ class PretrainedCNNRegressor(RegressorMixin, TrainedTransferBase):
         num_workers=None,
         on_bad_image="raise",
         max_image_pixels=None,
+        intensity="auto",
         net_params=None,
         warm_start=False,
         random_state=None,
@@ -277,6 +287,7 @@ class PretrainedCNNRegressor(RegressorMixin, TrainedTransferBase):
         self.num_workers = num_workers
         self.on_bad_image = on_bad_image
         self.max_image_pixels = max_image_pixels
+        self.intensity = intensity
         self.net_params = net_params
         self.warm_start = warm_start
         self.random_state = random_state

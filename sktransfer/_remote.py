@@ -141,14 +141,15 @@ def _open_checked(fs, url, **kwargs):
     return fp
 
 
-def open_remote(url, *, max_image_pixels=None, min_side=None):
+def open_remote(url, *, max_image_pixels=None, min_side=None, intensity="auto"):
     """The image at ``url`` as :func:`~sktransfer._images.load_rgb_image`
     returns a file's; the pixel limit is checked before the pixels are read.
     """
     def read(fs):
         with _open_checked(fs, url) as fp:
             return read_rgb_image(
-                fp, url, max_image_pixels=max_image_pixels, min_side=min_side
+                fp, url, max_image_pixels=max_image_pixels, min_side=min_side,
+                intensity=intensity,
             )
 
     return _read(url, read)

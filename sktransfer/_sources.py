@@ -70,11 +70,11 @@ class _LocalFiles:
     def path(self, item):
         return item
 
-    def open(self, item, name, max_image_pixels, min_side):
+    def open(self, item, name, max_image_pixels, min_side, intensity):
         try:
             return load_rgb_image(
                 self.path(item), max_image_pixels=max_image_pixels,
-                min_side=min_side,
+                min_side=min_side, intensity=intensity,
             )
         except ImageLoadError as exc:
             raise ImageLoadError(name, exc.reason) from None
@@ -99,9 +99,9 @@ class _FileURLs(_LocalFiles):
 class _RemoteFiles:
     """URLs read through fsspec, cached by content."""
 
-    def open(self, item, name, max_image_pixels, min_side):
+    def open(self, item, name, max_image_pixels, min_side, intensity):
         return open_remote(item, max_image_pixels=max_image_pixels,
-                           min_side=min_side)
+                           min_side=min_side, intensity=intensity)
 
     def check(self, item, name, max_image_pixels):
         check_remote_header(item, max_image_pixels=max_image_pixels)
@@ -113,8 +113,9 @@ class _RemoteFiles:
 class _InMemory:
     """Pillow images and image arrays, cached by a hash of their pixels."""
 
-    def open(self, item, name, max_image_pixels, min_side):
-        return open_in_memory(item, name, max_image_pixels=max_image_pixels)
+    def open(self, item, name, max_image_pixels, min_side, intensity):
+        return open_in_memory(item, name, max_image_pixels=max_image_pixels,
+                              intensity=intensity)
 
     def check(self, item, name, max_image_pixels):
         # Pixels are at hand: checking them is converting them.
@@ -190,8 +191,11 @@ class ImageSources:
             return f"{self.name}[{self.positions[i]}]"
         return self.items[i]
 
-    def open(self, i, *, max_image_pixels=None, min_side=None):
+    def open(self, i, *, max_image_pixels=None, min_side=None, intensity="auto"):
         """Image ``i`` as an upright RGB Pillow image.
+
+        ``intensity`` says how pixel values become 8 bits (see
+        :mod:`sktransfer._intensity`).
 
         Raises
         ------
@@ -199,7 +203,7 @@ class ImageSources:
             Naming :meth:`label` and the reason.
         """
         return _KINDS[self.kinds[i]].open(
-            self.items[i], self.label(i), max_image_pixels, min_side
+            self.items[i], self.label(i), max_image_pixels, min_side, intensity
         )
 
     def check(self, i, *, max_image_pixels=None):

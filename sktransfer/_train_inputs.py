@@ -122,7 +122,7 @@ class TrainingImages:
         return ImageDataset(
             self.paths[idx], transform, targets=targets[idx],
             max_image_pixels=self.max_image_pixels,
-            min_side=self.prep.resize_size,
+            min_side=self.prep.resize_size, intensity=self.prep.intensity,
         )
 
     def datasets(self, train_idx, valid_idx, targets, weights):

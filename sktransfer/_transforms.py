@@ -21,6 +21,12 @@ class Preprocessing:
     The image's shorter side is resized to ``resize_size``, the centre
     ``crop_size`` square is cut out, and channels are normalised with
     ``mean`` and ``std``.
+
+    ``intensity`` is how pixel values become 8 bits (see
+    :mod:`sktransfer._intensity`) and ``channels`` whether the network takes
+    ``"rgb"`` or one ``"grey"`` channel. Their defaults are what every model
+    did before they were recorded, so that older saved models load as they
+    were fitted; an estimator records its own parameters here.
     """
 
     resize_size: int
@@ -28,6 +34,8 @@ class Preprocessing:
     mean: tuple
     std: tuple
     interpolation: str = "bilinear"
+    intensity: object = "bit_depth"
+    channels: str = "rgb"
 
     @classmethod
     def from_torchvision(cls, weights):
@@ -52,6 +60,16 @@ class Preprocessing:
 
     def to_dict(self):
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        """Inverse of :meth:`to_dict` after a JSON round trip (lists to tuples).
+
+        Keys missing from older files take the defaults above.
+        """
+        return cls(**{
+            k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
+        })
 
 
 def _tensor_steps(prep):

@@ -79,7 +79,7 @@ def load_views(estimator, paths):
         try:
             image = load_rgb_image(
                 path, max_image_pixels=estimator.max_image_pixels,
-                min_side=prep.resize_size,
+                min_side=prep.resize_size, intensity=prep.intensity,
             )
         except ImageLoadError as exc:
             errors.append((path, exc.reason))

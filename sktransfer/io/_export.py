@@ -413,8 +413,13 @@ def export_inputs(X, metadata, *, max_image_pixels=None):
     """
     meta = _read_metadata(metadata)
     paths = check_image_paths(X)
-    fields = ("resize_size", "crop_size", "mean", "std", "interpolation")
-    prep = Preprocessing(**{k: meta["preprocessing"][k] for k in fields})
+    fields = ("resize_size", "crop_size", "mean", "std", "interpolation",
+              "intensity", "channels")
+    # Sidecars written before intensity and channels existed keep the
+    # Preprocessing defaults, which are what those models did.
+    prep = Preprocessing.from_dict(
+        {k: meta["preprocessing"][k] for k in fields if k in meta["preprocessing"]}
+    )
     if meta["input"]["kind"] == "uint8":
         transform, dtype = crop_transform(prep), np.uint8
     else:
@@ -423,7 +428,8 @@ def export_inputs(X, metadata, *, max_image_pixels=None):
     out = np.empty((len(paths), 3, crop, crop), dtype=dtype)
     for i, p in enumerate(paths):
         image = load_rgb_image(
-            p, max_image_pixels=max_image_pixels, min_side=prep.resize_size
+            p, max_image_pixels=max_image_pixels, min_side=prep.resize_size,
+            intensity=prep.intensity,
         )
         out[i] = transform(image).numpy()
     return out

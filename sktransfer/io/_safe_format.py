@@ -171,7 +171,7 @@ def _decode(name, value):
     if name == "history_":
         return None if value is None else History(value)
     if name == "preprocessing_":
-        return Preprocessing(**_restore_tuples(value))
+        return Preprocessing.from_dict(value)
     return value
 
 
@@ -584,6 +584,3 @@ def _build(cls, path, manifest, tensors):
         )
     return est
 
-
-def _restore_tuples(prep):
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in prep.items()}
