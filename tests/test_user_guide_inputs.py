@@ -29,3 +29,16 @@ def test_inputs_section_examples_run(tmp_path, monkeypatch):
         assert '"efficientnet_lite0"' in code or "extractor" in code
         code = code.replace('"efficientnet_lite0"', '"tiny_cnn", weights=None')
         exec(compile(code, str(GUIDE), "exec"), namespace)
+
+
+def test_medical_section_example_runs(tmp_path, monkeypatch):
+    pytest.importorskip("pydicom")
+    monkeypatch.chdir(tmp_path)
+    text = GUIDE.read_text(encoding="utf-8")
+    section = text.split("\n## Medical and high-bit-depth images\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    code = code.replace('"efficientnet_lite0"', '"tiny_cnn", weights=None')
+    namespace = {}
+    exec(compile(code, str(GUIDE), "exec"), namespace)
+    assert namespace["features"].shape[0] == 2
