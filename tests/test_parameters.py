@@ -86,6 +86,8 @@ DOCUMENTED = [
     ("num_workers", None), ("num_workers", 0), ("num_workers", 1),
     ("on_bad_image", "raise"), ("on_bad_image", "skip"),
     ("max_image_pixels", None), ("max_image_pixels", 10_000),
+    ("intensity", "auto"), ("intensity", "bit_depth"), ("intensity", "minmax"),
+    ("intensity", "percentile"), ("intensity", (10, 200)),
     ("net_params", None), ("net_params", {"optimizer__weight_decay": 0.01}),
     ("net_params", {"callbacks": [("noop", _Noop())]}),
     ("warm_start", False), ("warm_start", True),
