@@ -520,8 +520,10 @@ class PretrainedCNNClassifier(ClassifierMixin, TrainedTransferBase):
     # -- prediction -------------------------------------------------------
 
     def export(self, path, format="onnx", *, input="uint8"):
-        """Export the whole network, with a softmax, for serving without sktransfer.
+        """Export the whole network and its probabilities, to serve without sktransfer.
 
+        The graph ends in a softmax over classes, or for a multi-label model
+        in a sigmoid per label (the sidecar then records ``threshold``).
         One file holds the frozen blocks, the trained blocks and the head,
         in float32 for the CPU whatever ``precision`` and ``device`` it was
         fitted with; the batch size is free. Beside it, ``<path>.json``

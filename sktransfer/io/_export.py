@@ -59,7 +59,7 @@ _ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
 
 class ExportedNetwork(nn.Module):
-    """The exported graph: input scaling, the network, and a softmax.
+    """The exported graph: input scaling, the network, and its activation.
 
     Parameters
     ----------
@@ -71,15 +71,17 @@ class ExportedNetwork(nn.Module):
     uint8_input : bool
         Take ``uint8`` images and scale and normalise them as
         ``eval_transform`` does (``x / 255``, then ``(x - mean) / std``).
-    softmax : bool
-        End with a softmax over classes (a classifier's probabilities).
+    activation : {"softmax", "sigmoid"} or None
+        ``"softmax"`` over classes (a classifier's probabilities),
+        ``"sigmoid"`` per label (a multi-label classifier's), or None
+        (embeddings as they are).
     """
 
-    def __init__(self, network, preprocessing, *, uint8_input, softmax):
+    def __init__(self, network, preprocessing, *, uint8_input, activation):
         super().__init__()
         self.network = network
         self.uint8_input = uint8_input
-        self.softmax = softmax
+        self.activation = activation
         shape = (1, -1, 1, 1)
         self.register_buffer("mean", torch.tensor(preprocessing.mean).view(shape))
         self.register_buffer("std", torch.tensor(preprocessing.std).view(shape))
@@ -90,7 +92,11 @@ class ExportedNetwork(nn.Module):
             # torchvision's ToDtype(scale=True) multiplies by 1/255.
             x = (x.to(torch.float32) * (1.0 / 255.0) - self.mean) / self.std
         out = self.network(x)
-        return torch.softmax(out, dim=1) if self.softmax else out
+        if self.activation == "softmax":
+            return torch.softmax(out, dim=1)
+        if self.activation == "sigmoid":
+            return torch.sigmoid(out)
+        return out
 
 
 def sidecar_path(path):
@@ -137,6 +143,13 @@ def _network_of(est):
         network = nn.Sequential(model.frozen, model.suffix)
         return network, "proba", "probabilities", int(est.n_classes_)
     return est.frozen_, "embeddings", "embeddings", int(est.n_features_out_)
+
+
+def _activation(est, output_kind):
+    """The output activation: what ``predict_proba`` applies to the logits."""
+    if output_kind != "probabilities":
+        return None
+    return "sigmoid" if getattr(est, "multilabel_", False) else "softmax"
 
 
 def _export_copy(network):
@@ -258,7 +271,12 @@ def _metadata(est, fmt, input_kind, model_path, sha256, output):
         {"step": "scale", "where": where, "detail": "float32 x / 255"},
         {"step": "normalize", "where": where, "detail": "(x - mean) / std"},
     ]
-    if output_kind == "probabilities":
+    if output_kind == "probabilities" and getattr(est, "multilabel_", False):
+        meaning = ("per-label probabilities (sigmoid of the logits), one row "
+                   "per image, columns in the order of classes.values; a "
+                   "label is predicted where its probability exceeds "
+                   "threshold")
+    elif output_kind == "probabilities":
         meaning = ("class probabilities (softmax of the logits), one row per "
                    "image, columns in the order of classes.values")
     else:
@@ -290,6 +308,8 @@ def _metadata(est, fmt, input_kind, model_path, sha256, output):
     }
     if output_kind == "probabilities":
         meta["classes"] = _classes_for_json(est.classes_)
+        if getattr(est, "multilabel_", False):
+            meta["threshold"] = float(est.threshold)
     fitted = est.frozen_dtype_
     meta["precision"] = "float32"
     meta["fitted_precision"] = (
@@ -328,7 +348,7 @@ def export_model(est, path, fmt="onnx", *, input_kind="uint8"):
     uint8 = input_kind == "uint8"
     graph = ExportedNetwork(
         _export_copy(network), est.preprocessing_, uint8_input=uint8,
-        softmax=output[1] == "probabilities",
+        activation=_activation(est, output[1]),
     ).eval()
     example = _example_batch(est.preprocessing_.crop_size, uint8)
     write, load = _WRITERS[fmt]

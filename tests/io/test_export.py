@@ -126,6 +126,31 @@ def test_sidecar_describes_the_model(fitted, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "model.pt.json"]
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_multilabel_export_gives_per_label_probabilities(emoji, tmp_path, fmt):
+    X, y = emoji
+    # Two overlapping labels per image, so rows of probabilities do not sum to 1.
+    labels = [[c, "any"] if i % 2 else [c] for i, c in enumerate(y)]
+    clf = PretrainedCNNClassifier(
+        "tiny_cnn", weights=None, unfreeze=1, max_epochs=2, batch_size=8,
+        precision="fp32", device="cpu", num_workers=0, random_state=0,
+        threshold=0.4,
+    ).fit(X, labels)
+    assert clf.multilabel_
+    path = clf.export(tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt"),
+                      fmt)
+    proba = run_exported(path, export_inputs(X, path))
+    expected = clf.predict_proba(X)
+    np.testing.assert_allclose(proba, expected, atol=1e-4)
+    assert not np.allclose(proba.sum(axis=1), 1.0, atol=1e-3)  # not a softmax
+    with open(f"{path}.json") as f:
+        meta = json.load(f)
+    assert meta["threshold"] == 0.4 and "sigmoid" in meta["output"]["meaning"]
+    np.testing.assert_array_equal(
+        (proba > meta["threshold"]).astype(int), clf.predict(X)
+    )
+
+
 def test_integer_classes_keep_their_dtype(colour_images, tiny_params, tmp_path):
     X, y = colour_images
     y = np.where(y == "red", 3, 7)
