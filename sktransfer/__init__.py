@@ -17,10 +17,17 @@ from ._images import BadImagesError, ImageLoadError
 from ._regressor import PretrainedCNNRegressor
 from ._training import NonFiniteLossError
 from ._version import __version__
-from .backbones import BackboneSpec, get_backbone, list_backbones, register_backbone
+from .backbones import (
+    BackboneInfo,
+    BackboneSpec,
+    get_backbone,
+    list_backbones,
+    register_backbone,
+)
 from .io import InconsistentVersionWarning, ModelFileError, export_inputs
 
 __all__ = [
+    "BackboneInfo",
     "BackboneSpec",
     "BadImagesError",
     "ImageLoadError",

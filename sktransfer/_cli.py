@@ -151,11 +151,14 @@ def _say(args, message):
 
 
 def cmd_backbones(args):
-    from . import get_backbone, list_backbones
+    from . import list_backbones
 
-    for name in list_backbones(include=args.family):
-        spec = get_backbone(name)
-        print(f"{name:<22} {spec.family:<14} {spec.n_blocks} blocks")
+    for info in list_backbones(include=args.family, details=True):
+        size = "?" if info.input_size is None else f"{info.input_size} px"
+        offline = {True: "weights offline", False: "weights to download",
+                   None: "weights: unknown"}[info.offline_weights]
+        print(f"{info.name:<22} {info.family:<18} {info.n_blocks:>2} blocks "
+              f"{size:>7}  {offline}")
     return 0
 
 

@@ -104,6 +104,11 @@ def test_backbones_lists_the_registry(capsys):
     out = capsys.readouterr().out
     assert {line.split()[0] for line in out.splitlines()} >= {"resnet18", "resnet50"}
     assert "vgg16" not in out
+    assert main(["backbones", "--family", "efficientnet"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines()
+                if x.startswith("efficientnet_b3 "))
+    assert line.split()[1:6] == ["efficientnet", "8", "blocks", "300", "px"]
+    assert line.endswith(("weights offline", "weights to download"))
 
 
 def assert_one_line_error(capfd, *fragments):

@@ -7,6 +7,7 @@ models by name, ``efficientnet_lite0`` and any timm model as
 
 from . import _timm, _torchvision  # noqa: F401  (each family registers itself)
 from ._registry import (
+    BackboneInfo,
     BackboneParts,
     BackboneSpec,
     get_backbone,
@@ -16,6 +17,7 @@ from ._registry import (
 )
 
 __all__ = [
+    "BackboneInfo",
     "BackboneParts",
     "BackboneSpec",
     "get_backbone",

@@ -24,6 +24,7 @@ from torch import nn
 from .._transforms import Preprocessing
 
 __all__ = [
+    "BackboneInfo",
     "BackboneParts",
     "BackboneSpec",
     "get_backbone",
@@ -80,6 +81,11 @@ class BackboneSpec:
         Where the architecture and weights come from.
     extra : str or None, default=None
         Optional dependency group needed to build it (e.g. ``"timm"``).
+    describe : callable or None, default=None
+        ``describe() -> (input_size, offline_weights)``: the crop size the
+        default weights were trained at, and whether those weights are on
+        this machine (so ``weights="DEFAULT"`` needs no network). Shown by
+        ``list_backbones(details=True)``; None when unknown.
 
     Examples
     --------
@@ -95,6 +101,53 @@ class BackboneSpec:
     n_blocks: int = None
     source: str = "torchvision"
     extra: str = None
+    describe: Callable = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What :func:`list_backbones` says of a backbone with ``details=True``.
+
+    Parameters
+    ----------
+    name : str
+        Registry name.
+    family : str
+        Architecture family.
+    source : str
+        Where the architecture and weights come from (``"torchvision"``,
+        ``"timm"``, ...).
+    n_blocks : int
+        Number of blocks of the cut: the largest valid ``unfreeze``.
+    input_size : int or None
+        Crop size, in pixels, of the default weights' preprocessing (the
+        image size they were trained at); None if the family does not say.
+    offline_weights : bool or None
+        Whether the default weights are already on this machine, so
+        ``weights="DEFAULT"`` needs no download; None if unknown.
+
+    Examples
+    --------
+    >>> from sktransfer import list_backbones
+    >>> info = list_backbones(include="resnet", details=True)[0]
+    >>> info.name, info.family, info.n_blocks, info.input_size
+    ('resnet101', 'resnet', 5, 224)
+    """
+
+    name: str
+    family: str
+    source: str
+    n_blocks: int
+    input_size: object
+    offline_weights: object
+
+
+def _info(name):
+    spec = get_backbone(name)
+    input_size, offline = spec.describe() if spec.describe else (None, None)
+    return BackboneInfo(
+        spec.name, spec.family, spec.source, spec.n_blocks, input_size, offline
+    )
 
 
 _REGISTRY = {}
@@ -217,7 +270,7 @@ def get_backbone(name):
     return _with_block_count(spec)
 
 
-def list_backbones(include=None, exclude=None):
+def list_backbones(include=None, exclude=None, *, details=False):
     """List registered backbone names, optionally filtered by family.
 
     Parameters
@@ -226,11 +279,16 @@ def list_backbones(include=None, exclude=None):
         Keep only these families (e.g. ``"resnet"``).
     exclude : str or list of str, default=None
         Drop these families.
+    details : bool, default=False
+        Return a :class:`BackboneInfo` per backbone (family, number of
+        blocks, native input size, weights available offline) instead of
+        its name. Counting blocks builds each architecture once, on the
+        meta device where it can.
 
     Returns
     -------
-    names : list of str
-        Sorted backbone names. Any timm model is also accepted as
+    names : list of str, or list of BackboneInfo with ``details=True``
+        Sorted by backbone name. Any timm model is also accepted as
         ``"timm/<model_name>"``.
 
     Examples
@@ -241,9 +299,10 @@ def list_backbones(include=None, exclude=None):
     """
     include = [include] if isinstance(include, str) else include
     exclude = [exclude] if isinstance(exclude, str) else exclude or []
-    return sorted(
+    names = sorted(
         name
         for name, spec in _REGISTRY.items()
         if (include is None or spec.family in include)
         and spec.family not in exclude
     )
+    return [_info(name) for name in names] if details else names

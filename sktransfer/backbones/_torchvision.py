@@ -11,6 +11,7 @@ from ._weights import (
     is_weights_path,
     load_backbone_state,
     load_torchvision_weights,
+    torchvision_checkpoint,
     weights_file_id,
 )
 
@@ -108,6 +109,15 @@ def _make_torchvision_builder(name, split, classifier):
     return build
 
 
+def _make_torchvision_description(name):
+    def describe():
+        default = get_model_weights(name).DEFAULT
+        input_size = Preprocessing.from_torchvision(default).crop_size
+        return input_size, torchvision_checkpoint(default).is_file()
+
+    return describe
+
+
 def _weights_member(enum_cls, weights, model_name):
     if weights == "DEFAULT":
         return enum_cls.DEFAULT
@@ -155,5 +165,6 @@ for _family, (_split, _classifier, _names) in _FAMILIES.items():
                 name=_name,
                 family=_family,
                 build=_make_torchvision_builder(_name, _split, _classifier),
+                describe=_make_torchvision_description(_name),
             )
         )

@@ -148,6 +148,13 @@ def load_backbone_state(model, path, classifier_prefixes):
     return model
 
 
+def torchvision_checkpoint(weights_enum):
+    """Where torch.hub keeps the file of ``weights_enum``, present or not."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(
+        weights_enum.url
+    )
+
+
 def load_torchvision_weights(model, weights_enum, model_name):
     """Load a torchvision weights enum member into ``model``, from the cache.
 
@@ -155,8 +162,8 @@ def load_torchvision_weights(model, weights_enum, model_name):
     first time; later calls, and machines where the file was copied there,
     need no network.
     """
-    checkpoint_dir = Path(torch.hub.get_dir()) / "checkpoints"
-    filename = os.path.basename(weights_enum.url)
+    checkpoint = torchvision_checkpoint(weights_enum)
+    checkpoint_dir, filename = checkpoint.parent, checkpoint.name
     try:
         # torch.hub unpickles with weights_only=False by default, which would
         # run code planted in a cached file.

