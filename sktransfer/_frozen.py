@@ -387,10 +387,10 @@ def extract_features(frozen_pass, paths, *, max_bytes=None, use_cache=True,
     return rows.tensor, errors
 
 
-def training_features(frozen_pass, paths, *, max_gb, spill=True):
+def training_features(frozen_pass, paths, *, max_gb):
     """Frozen features of the training images, computed once for the fit.
 
-    Within ``max_gb`` they are held in memory; beyond it, with ``spill``,
+    Within ``max_gb`` they are held in memory; beyond it they are
     memory-mapped from a file beside the disk cache or in the temporary
     directory (:func:`~sktransfer._spill.spill_directory`), which the
     operating system pages in as training reads rows.
@@ -399,11 +399,10 @@ def training_features(frozen_pass, paths, *, max_gb, spill=True):
     they fit neither: the caller then runs the frozen part every epoch
     instead.
     """
-    spill_dir = spill_directory(frozen_pass.stores) if spill else None
     try:
         return extract_features(
             frozen_pass, paths, max_bytes=int(max_gb * 1024**3),
-            spill_dir=spill_dir,
+            spill_dir=spill_directory(frozen_pass.stores),
         )
     except FeatureCacheTooLarge as exc:
         warnings.warn(

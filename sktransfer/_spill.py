@@ -49,15 +49,20 @@ def spill_directory(stores):
     Returns
     -------
     str
-        A directory that exists (the system's temporary directory, which
-        honours ``TMPDIR``, without a disk cache).
+        A directory that exists: the system's temporary directory (which
+        honours ``TMPDIR``) without a disk cache, or when the cache's
+        location cannot be created (the disk store then warns and goes on
+        without it, and so does the fit).
     """
     for store in stores:
         entries = getattr(store, "directory", None)
         if entries is not None:
             # Beside the cache's entries, not among them.
             location = Path(entries).parent
-            location.mkdir(parents=True, exist_ok=True)
+            try:
+                location.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                break
             return str(location)
     return tempfile.gettempdir()
 

@@ -89,3 +89,12 @@ def test_spill_directory_is_beside_the_disk_cache(tmp_path, monkeypatch):
     assert directory == str(location) and location.is_dir()
     monkeypatch.setattr(spill.tempfile, "tempdir", str(tmp_path))
     assert spill_directory([memory_store()]) == str(tmp_path)
+
+
+def test_spill_directory_without_a_usable_cache_location_is_the_temporary_one(
+    tmp_path, monkeypatch
+):
+    (tmp_path / "a_file").write_text("not a directory")
+    unusable = DiskFeatureStore(tmp_path / "a_file" / "cache")
+    monkeypatch.setattr(spill.tempfile, "tempdir", str(tmp_path))
+    assert spill_directory([memory_store(), unusable]) == str(tmp_path)
