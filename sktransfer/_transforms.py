@@ -23,10 +23,9 @@ class Preprocessing:
     ``mean`` and ``std``.
 
     ``intensity`` is how pixel values become 8 bits (see
-    :mod:`sktransfer._intensity`) and ``channels`` whether the network takes
-    ``"rgb"`` or one ``"grey"`` channel. Their defaults are what every model
-    did before they were recorded, so that older saved models load as they
-    were fitted; an estimator records its own parameters here.
+    :mod:`sktransfer._intensity`). Its default is what every model did
+    before it was recorded, so that older saved models load as they were
+    fitted; an estimator records its own parameter here.
     """
 
     resize_size: int
@@ -35,7 +34,6 @@ class Preprocessing:
     std: tuple
     interpolation: str = "bilinear"
     intensity: object = "bit_depth"
-    channels: str = "rgb"
 
     @classmethod
     def from_torchvision(cls, weights):
