@@ -253,7 +253,17 @@ def _versions(fmt):
     return found
 
 
-def _metadata(est, fmt, input_kind, model_path, sha256, output):
+_MEANINGS = {
+    "softmax": "class probabilities (softmax of the logits), one row per image, "
+               "columns in the order of classes.values",
+    "sigmoid": "per-label probabilities (sigmoid of the logits), one row per "
+               "image, columns in the order of classes.values; a label is "
+               "predicted where its probability exceeds threshold",
+    None: "pooled embedding of each image, one row per image",
+}
+
+
+def _metadata(est, fmt, input_kind, model_path, sha256, output, activation):
     output_name, output_kind, width = output
     prep = est.preprocessing_
     crop = prep.crop_size
@@ -271,16 +281,6 @@ def _metadata(est, fmt, input_kind, model_path, sha256, output):
         {"step": "scale", "where": where, "detail": "float32 x / 255"},
         {"step": "normalize", "where": where, "detail": "(x - mean) / std"},
     ]
-    if output_kind == "probabilities" and getattr(est, "multilabel_", False):
-        meaning = ("per-label probabilities (sigmoid of the logits), one row "
-                   "per image, columns in the order of classes.values; a "
-                   "label is predicted where its probability exceeds "
-                   "threshold")
-    elif output_kind == "probabilities":
-        meaning = ("class probabilities (softmax of the logits), one row per "
-                   "image, columns in the order of classes.values")
-    else:
-        meaning = "pooled embedding of each image, one row per image"
     meta = {
         "format": METADATA_FORMAT,
         "format_version": METADATA_VERSION,
@@ -303,12 +303,12 @@ def _metadata(est, fmt, input_kind, model_path, sha256, output):
             "kind": output_kind,
             "dtype": "float32",
             "shape": ["batch", width],
-            "meaning": meaning,
+            "meaning": _MEANINGS[activation],
         },
     }
     if output_kind == "probabilities":
         meta["classes"] = _classes_for_json(est.classes_)
-        if getattr(est, "multilabel_", False):
+        if activation == "sigmoid":
             meta["threshold"] = float(est.threshold)
     fitted = est.frozen_dtype_
     meta["precision"] = "float32"
@@ -345,10 +345,11 @@ def export_model(est, path, fmt="onnx", *, input_kind="uint8"):
             stacklevel=user_stacklevel(),
         )
     network, *output = _network_of(est)
+    activation = _activation(est, output[1])
     uint8 = input_kind == "uint8"
     graph = ExportedNetwork(
         _export_copy(network), est.preprocessing_, uint8_input=uint8,
-        activation=_activation(est, output[1]),
+        activation=activation,
     ).eval()
     example = _example_batch(est.preprocessing_.crop_size, uint8)
     write, load = _WRITERS[fmt]
@@ -358,7 +359,9 @@ def export_model(est, path, fmt="onnx", *, input_kind="uint8"):
         write(graph, example, output[0], tmp_model)
         _check_written(load(tmp_model), graph, example, fmt)
         _fsync_path(tmp_model)
-        meta = _metadata(est, fmt, input_kind, path, file_sha256(tmp_model), output)
+        meta = _metadata(
+            est, fmt, input_kind, path, file_sha256(tmp_model), output, activation
+        )
         tmp_sidecar = _temporary_beside(sidecar_path(path))
         _write_synced(tmp_sidecar, json.dumps(meta, indent=2) + "\n")
         # The model first: the sidecar, renamed last, names its checksum.
@@ -434,9 +437,9 @@ def export_inputs(X, metadata, *, max_image_pixels=None):
     meta = _read_metadata(metadata)
     paths = check_image_paths(X)
     fields = ("resize_size", "crop_size", "mean", "std", "interpolation",
-              "intensity", "channels")
-    # Sidecars written before intensity and channels existed keep the
-    # Preprocessing defaults, which are what those models did.
+              "intensity")
+    # Sidecars written before intensity existed keep the Preprocessing
+    # default, which is what those models did.
     prep = Preprocessing.from_dict(
         {k: meta["preprocessing"][k] for k in fields if k in meta["preprocessing"]}
     )
