@@ -57,14 +57,9 @@ class PretrainedFeatureExtractor(
     max_image_pixels : int or None, default=None
         Refuse larger images (decompression-bomb guard).
     intensity : str or tuple, default="auto"
-        How pixel values become the 8 bits the weights expect. ``"auto"``
-        leaves 8-bit images unchanged and scales high-bit-depth ones (16-bit
-        PNG/TIFF, DICOM) by their significant bits (a 12-bit image stored in
-        16 bits: 4095 becomes 255), or by a DICOM file's own window;
-        ``"bit_depth"`` by the storage depth (16 bits divided by 257);
-        ``"minmax"`` and ``"percentile"`` stretch each image (1st to 99th
-        percentile); ``(low, high)`` is a fixed window in the file's units.
-        See "Medical and high-bit-depth images" in the user guide.
+        How pixel values become 8 bits: ``"auto"``, ``"bit_depth"``,
+        ``"minmax"``, ``"percentile"`` or a ``(low, high)`` window, as
+        described for :class:`PretrainedCNNClassifier`.
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation of a backbone with ``weights=None``.
     verbose : int, default=0

@@ -137,14 +137,9 @@ class PretrainedCNNRegressor(RegressorMixin, TrainedTransferBase):
     max_image_pixels : int or None, default=None
         Refuse larger images (decompression-bomb guard).
     intensity : str or tuple, default="auto"
-        How pixel values become the 8 bits the weights expect. ``"auto"``
-        leaves 8-bit images unchanged and scales high-bit-depth ones (16-bit
-        PNG/TIFF, DICOM) by their significant bits (a 12-bit image stored in
-        16 bits: 4095 becomes 255), or by a DICOM file's own window;
-        ``"bit_depth"`` by the storage depth (16 bits divided by 257);
-        ``"minmax"`` and ``"percentile"`` stretch each image (1st to 99th
-        percentile); ``(low, high)`` is a fixed window in the file's units.
-        See "Medical and high-bit-depth images" in the user guide.
+        How pixel values become 8 bits: ``"auto"``, ``"bit_depth"``,
+        ``"minmax"``, ``"percentile"`` or a ``(low, high)`` window, as
+        described for :class:`PretrainedCNNClassifier`.
     net_params : dict or None, default=None
         Extra keyword arguments for skorch's ``NeuralNetRegressor``.
     warm_start : bool, default=False
