@@ -13,6 +13,7 @@ from joblib import Memory
 from sklearn.base import BaseEstimator
 
 from ._cache import stores_for
+from ._channels import CHANNELS_CONSTRAINT, adapt_stem_to_grey
 from ._compat import Interval, StrOptions
 from ._frozen import FrozenPass, frozen_cache_key
 from ._intensity import INTENSITY_CONSTRAINT, check_intensity
@@ -46,6 +47,7 @@ class TransferEstimatorBase(PickleSupportMixin, BaseEstimator):
         "num_workers": [Interval(Integral, 0, None, closed="left"), None],
         "max_image_pixels": [Interval(Integral, 1, None, closed="left"), None],
         "intensity": INTENSITY_CONSTRAINT,
+        "channels": CHANNELS_CONSTRAINT,
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -115,7 +117,13 @@ class TransferEstimatorBase(PickleSupportMixin, BaseEstimator):
     def _backbone_parts(self, weights):
         """Build the backbone with ``weights``; returns ``(spec, parts)``."""
         spec = get_backbone(self.backbone)
-        return spec, spec.build(weights)
+        parts = spec.build(weights)
+        # Older pickles have no ``channels``: they were RGB.
+        if getattr(self, "channels", "rgb") == "grey":
+            parts.preprocessing = adapt_stem_to_grey(
+                parts.blocks[0], parts.preprocessing, repr(self.backbone)
+            )
+        return spec, parts
 
     def _record_backbone(self, spec, parts, n_frozen_blocks):
         """Set the fitted attributes that the backbone just built determines."""

@@ -223,6 +223,15 @@ class PretrainedCNNClassifier(ClassifierMixin, TrainedTransferBase):
         ``"minmax"`` and ``"percentile"`` stretch each image (1st to 99th
         percentile); ``(low, high)`` is a fixed window in the file's units.
         See "Medical and high-bit-depth images" in the user guide.
+    channels : {"rgb", "grey"}, default="rgb"
+        ``"grey"`` turns every image into one luminance channel and adapts
+        the backbone's first convolution to it (its filters summed over
+        the colour channels, with the normalisation folded in, so that it
+        computes what it computes on the grey image copied into RGB except
+        along the border). For grey images (X-rays, scans, documents) it
+        keeps a third of the pixels in memory during augmented fits; for
+        colour images it discards colour. See "Medical and high-bit-depth
+        images" in the user guide.
     net_params : dict or None, default=None
         Extra keyword arguments for skorch's ``NeuralNetClassifier``, e.g.
         ``{"optimizer__weight_decay": 0.05, "callbacks": [...]}``.
@@ -343,6 +352,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TrainedTransferBase):
         on_bad_image="raise",
         max_image_pixels=None,
         intensity="auto",
+        channels="rgb",
         net_params=None,
         warm_start=False,
         random_state=None,
@@ -384,6 +394,7 @@ class PretrainedCNNClassifier(ClassifierMixin, TrainedTransferBase):
         self.on_bad_image = on_bad_image
         self.max_image_pixels = max_image_pixels
         self.intensity = intensity
+        self.channels = channels
         self.net_params = net_params
         self.warm_start = warm_start
         self.random_state = random_state

@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 
 from ._data import ImageDataset, collate_with_errors
 from ._runtime import usable_num_workers
-from ._transforms import INTERPOLATIONS
+from ._transforms import INTERPOLATIONS, grey_steps
 
 __all__ = [
     "DecodedImages",
@@ -43,14 +43,14 @@ class DecodedImagesTooLargeError(ValueError):
         self.n_bytes = n_bytes
         self.max_bytes = max_bytes
         super().__init__(
-            f"Keeping {n_images} decoded images of 3x{side}x{side} in memory "
+            f"Keeping {n_images} decoded images of {side}x{side} pixels in memory "
             f"needs {n_bytes:,} bytes, more than max_bytes={max_bytes:,}."
         )
 
 
 def decoded_nbytes(n_images, prep):
     """Bytes :class:`DecodedImages` needs for ``n_images`` images."""
-    return int(n_images) * 3 * prep.resize_size**2
+    return int(n_images) * prep.channels * prep.resize_size**2
 
 
 def store_transform(prep):
@@ -62,6 +62,7 @@ def store_transform(prep):
     """
     s = prep.resize_size
     return v2.Compose([
+        *grey_steps(prep),
         v2.Resize(s, interpolation=INTERPOLATIONS[prep.interpolation],
                   antialias=True),
         v2.CenterCrop(s),
@@ -166,7 +167,7 @@ class DecodedImages:
                 n_bytes, max_bytes, len(paths), prep.resize_size
             )
         s = prep.resize_size
-        images = torch.zeros((len(paths), 3, s, s), dtype=torch.uint8)
+        images = torch.zeros((len(paths), prep.channels, s, s), dtype=torch.uint8)
         dataset = ImageDataset(
             paths, store_transform(prep), max_image_pixels=max_image_pixels,
             min_side=s, intensity=prep.intensity,

@@ -60,6 +60,15 @@ class PretrainedFeatureExtractor(
         How pixel values become 8 bits: ``"auto"``, ``"bit_depth"``,
         ``"minmax"``, ``"percentile"`` or a ``(low, high)`` window, as
         described for :class:`PretrainedCNNClassifier`.
+    channels : {"rgb", "grey"}, default="rgb"
+        ``"grey"`` turns every image into one luminance channel and adapts
+        the backbone's first convolution to it (its filters summed over
+        the colour channels, with the normalisation folded in, so that it
+        computes what it computes on the grey image copied into RGB except
+        along the border). For grey images (X-rays, scans, documents) it
+        keeps a third of the pixels in memory during augmented fits; for
+        colour images it discards colour. See "Medical and high-bit-depth
+        images" in the user guide.
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation of a backbone with ``weights=None``.
     verbose : int, default=0
@@ -112,6 +121,7 @@ class PretrainedFeatureExtractor(
         num_workers=None,
         max_image_pixels=None,
         intensity="auto",
+        channels="rgb",
         random_state=None,
         verbose=0,
     ):
@@ -125,6 +135,7 @@ class PretrainedFeatureExtractor(
         self.num_workers = num_workers
         self.max_image_pixels = max_image_pixels
         self.intensity = intensity
+        self.channels = channels
         self.random_state = random_state
         self.verbose = verbose
 

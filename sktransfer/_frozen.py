@@ -259,8 +259,9 @@ def _expected_row_shape(frozen_pass):
     """
     crop = frozen_pass.preprocessing.crop_size
     size = tuple(crop) if isinstance(crop, (tuple, list)) else (crop, crop)
+    channels = frozen_pass.preprocessing.channels
     memo = _ROW_SHAPES.setdefault(frozen_pass.module, {})
-    key = (size, str(frozen_pass.dtype))
+    key = (size, channels, str(frozen_pass.dtype))
     if key not in memo:
         device = torch.device(frozen_pass.device)
         with (
@@ -269,9 +270,11 @@ def _expected_row_shape(frozen_pass):
             autocast_context(device, frozen_pass.dtype),
         ):
             try:
-                out = frozen_pass.module(torch.zeros((0, 3, *size), device=device))
+                out = frozen_pass.module(torch.zeros((0, channels, *size),
+                                                     device=device))
             except RuntimeError:
-                out = frozen_pass.module(torch.zeros((1, 3, *size), device=device))
+                out = frozen_pass.module(torch.zeros((1, channels, *size),
+                                                     device=device))
             memo[key] = tuple(out.shape[1:])
     return memo[key]
 

@@ -140,6 +140,15 @@ class PretrainedCNNRegressor(RegressorMixin, TrainedTransferBase):
         How pixel values become 8 bits: ``"auto"``, ``"bit_depth"``,
         ``"minmax"``, ``"percentile"`` or a ``(low, high)`` window, as
         described for :class:`PretrainedCNNClassifier`.
+    channels : {"rgb", "grey"}, default="rgb"
+        ``"grey"`` turns every image into one luminance channel and adapts
+        the backbone's first convolution to it (its filters summed over
+        the colour channels, with the normalisation folded in, so that it
+        computes what it computes on the grey image copied into RGB except
+        along the border). For grey images (X-rays, scans, documents) it
+        keeps a third of the pixels in memory during augmented fits; for
+        colour images it discards colour. See "Medical and high-bit-depth
+        images" in the user guide.
     net_params : dict or None, default=None
         Extra keyword arguments for skorch's ``NeuralNetRegressor``.
     warm_start : bool, default=False
@@ -244,6 +253,7 @@ class PretrainedCNNRegressor(RegressorMixin, TrainedTransferBase):
         on_bad_image="raise",
         max_image_pixels=None,
         intensity="auto",
+        channels="rgb",
         net_params=None,
         warm_start=False,
         random_state=None,
@@ -283,6 +293,7 @@ class PretrainedCNNRegressor(RegressorMixin, TrainedTransferBase):
         self.on_bad_image = on_bad_image
         self.max_image_pixels = max_image_pixels
         self.intensity = intensity
+        self.channels = channels
         self.net_params = net_params
         self.warm_start = warm_start
         self.random_state = random_state

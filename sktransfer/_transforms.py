@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torchvision.transforms import v2
 
-__all__ = ["Preprocessing", "crop_transform", "eval_transform"]
+__all__ = ["Preprocessing", "crop_transform", "eval_transform", "grey_steps"]
 
 INTERPOLATIONS = {
     "bilinear": v2.InterpolationMode.BILINEAR,
@@ -26,6 +26,10 @@ class Preprocessing:
     :mod:`sktransfer._intensity`). Its default is what every model did
     before it was recorded, so that older saved models load as they were
     fitted; an estimator records its own parameter here.
+
+    ``channels`` is 3 for RGB, or 1 when images become one luminance
+    channel for a stem adapted to it (see :mod:`sktransfer._channels`);
+    ``mean`` and ``std`` then have one value each.
     """
 
     resize_size: int
@@ -34,6 +38,7 @@ class Preprocessing:
     std: tuple
     interpolation: str = "bilinear"
     intensity: object = "bit_depth"
+    channels: int = 3
 
     @classmethod
     def from_torchvision(cls, weights):
@@ -57,7 +62,12 @@ class Preprocessing:
         )
 
     def to_dict(self):
-        return asdict(self)
+        values = asdict(self)
+        if values["channels"] == 3:
+            # RGB, as before channels existed: cache keys of RGB models and
+            # files written by them stay what they were.
+            del values["channels"]
+        return values
 
     @classmethod
     def from_dict(cls, values):
@@ -78,9 +88,15 @@ def _tensor_steps(prep):
     ]
 
 
+def grey_steps(prep):
+    """Luminance (ITU-R 601-2, Pillow's ``L``) for a one-channel ``prep``."""
+    return [v2.Grayscale(1)] if prep.channels == 1 else []
+
+
 def _resize_crop_steps(prep):
     interpolation = INTERPOLATIONS[prep.interpolation]
     return [
+        *grey_steps(prep),
         v2.Resize(prep.resize_size, interpolation=interpolation, antialias=True),
         v2.CenterCrop(prep.crop_size),
     ]
@@ -92,7 +108,7 @@ def eval_transform(prep):
 
 
 def crop_transform(prep):
-    """:func:`eval_transform` up to the crop: a ``uint8`` tensor ``(3, C, C)``.
+    """:func:`eval_transform` up to the crop: a ``uint8`` tensor ``(channels, C, C)``.
 
     What an exported model with ``input="uint8"`` receives; the scaling to
     [0, 1] and the normalisation then happen inside its graph.

@@ -88,6 +88,7 @@ DOCUMENTED = [
     ("max_image_pixels", None), ("max_image_pixels", 10_000),
     ("intensity", "auto"), ("intensity", "bit_depth"), ("intensity", "minmax"),
     ("intensity", "percentile"), ("intensity", (10, 200)),
+    ("channels", "rgb"), ("channels", "grey"),
     ("net_params", None), ("net_params", {"optimizer__weight_decay": 0.01}),
     ("net_params", {"callbacks": [("noop", _Noop())]}),
     ("warm_start", False), ("warm_start", True),

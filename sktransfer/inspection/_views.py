@@ -89,9 +89,11 @@ def load_views(estimator, paths):
         raise BadImagesError(errors, "fix or remove these files")
     inputs = torch.stack(inputs)
     # Undoing the normalisation shows exactly the pixels the network got.
-    mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
-    std = torch.tensor(prep.std).view(1, 3, 1, 1)
+    mean = torch.tensor(prep.mean).view(1, -1, 1, 1)
+    std = torch.tensor(prep.std).view(1, -1, 1, 1)
     pixels = (inputs * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
+    # Displays draw RGB: a grey model's one channel is shown as grey.
+    pixels = pixels.expand(-1, 3, -1, -1)
     return inputs, pixels.permute(0, 2, 3, 1).numpy()
 
 

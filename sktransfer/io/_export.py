@@ -158,9 +158,9 @@ def _export_copy(network):
     return network.to(memory_format=torch.contiguous_format).eval()
 
 
-def _example_batch(crop, uint8_input):
+def _example_batch(prep, uint8_input):
     generator = torch.Generator().manual_seed(0)
-    shape = (2, 3, crop, crop)
+    shape = (2, prep.channels, prep.crop_size, prep.crop_size)
     if uint8_input:
         return torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
     return torch.randn(shape, generator=generator)
@@ -272,7 +272,8 @@ def _metadata(est, fmt, input_kind, model_path, sha256, output, activation):
     steps = [
         {"step": "load", "where": "server",
          "detail": "EXIF orientation applied, first frame, transparent pixels "
-                   "composited on white, 8-bit RGB"},
+                   "composited on white, 8-bit RGB"
+                   + ("" if prep.channels == 3 else ", then luminance (Pillow L)")},
         {"step": "resize", "where": "server",
          "detail": f"shorter side to {prep.resize_size} px, {prep.interpolation}, "
                    "antialiased (Pillow)"},
@@ -294,8 +295,8 @@ def _metadata(est, fmt, input_kind, model_path, sha256, output, activation):
             "name": INPUT_NAME,
             "kind": input_kind,
             "dtype": "uint8" if uint8 else "float32",
-            "shape": ["batch", 3, crop, crop],
-            "layout": "NCHW, RGB",
+            "shape": ["batch", prep.channels, crop, crop],
+            "layout": "NCHW, RGB" if prep.channels == 3 else "NCHW, luminance",
         },
         "preprocessing": {**prep.to_dict(), "steps": steps},
         "output": {
@@ -351,7 +352,7 @@ def export_model(est, path, fmt="onnx", *, input_kind="uint8"):
         _export_copy(network), est.preprocessing_, uint8_input=uint8,
         activation=activation,
     ).eval()
-    example = _example_batch(est.preprocessing_.crop_size, uint8)
+    example = _example_batch(est.preprocessing_, uint8)
     write, load = _WRITERS[fmt]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_model, tmp_sidecar = _temporary_beside(path), None
@@ -437,7 +438,7 @@ def export_inputs(X, metadata, *, max_image_pixels=None):
     meta = _read_metadata(metadata)
     paths = check_image_paths(X)
     fields = ("resize_size", "crop_size", "mean", "std", "interpolation",
-              "intensity")
+              "intensity", "channels")
     # Sidecars written before intensity existed keep the Preprocessing
     # default, which is what those models did.
     prep = Preprocessing.from_dict(
@@ -448,7 +449,7 @@ def export_inputs(X, metadata, *, max_image_pixels=None):
     else:
         transform, dtype = eval_transform(prep), np.float32
     crop = prep.crop_size
-    out = np.empty((len(paths), 3, crop, crop), dtype=dtype)
+    out = np.empty((len(paths), prep.channels, crop, crop), dtype=dtype)
     for i, p in enumerate(paths):
         image = load_rgb_image(
             p, max_image_pixels=max_image_pixels, min_side=prep.resize_size,

@@ -263,3 +263,20 @@ def test_real_weights_export_equals_predict_proba(emoji, tmp_path, fmt):
     for n in (1, 5):
         proba = run_exported(path, export_inputs(X[:n], path))
         np.testing.assert_allclose(proba, clf.predict_proba(X[:n]), atol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_grey_model_exports_one_input_channel(emoji, tmp_path, fmt):
+    X, y = emoji
+    clf = PretrainedCNNClassifier(
+        "tiny_cnn", weights=None, unfreeze=1, max_epochs=1, batch_size=8,
+        precision="fp32", device="cpu", num_workers=0, random_state=0,
+        channels="grey",
+    ).fit(X, y)
+    path = clf.export(tmp_path / ("grey.onnx" if fmt == "onnx" else "grey.pt"), fmt)
+    images = export_inputs(X, path)
+    assert images.shape == (len(X), 1, 32, 32)
+    meta = json.loads(_export.sidecar_path(path).read_text())
+    assert meta["input"]["shape"] == ["batch", 1, 32, 32]
+    np.testing.assert_allclose(run_exported(path, images), clf.predict_proba(X),
+                               atol=1e-4)
