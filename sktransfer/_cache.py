@@ -10,7 +10,8 @@ identical share them.
 
 Disk entries carry a header naming their key, shape, dtype and a checksum of
 their bytes; anything that does not check out (truncated, corrupt, written by
-something else, wrongly shaped) is a miss, and the entry is rewritten.
+something else, wrongly shaped or typed) is a miss, and the entry is
+rewritten.
 """
 
 import contextlib
@@ -145,7 +146,8 @@ class MemoryFeatureStore:
 
 
 # Disk entry: MAGIC, a 4-byte little-endian header length, a JSON header
-# (key, fingerprint, dtype, shape, sha256 of the data), then the raw rows.
+# (key, fingerprint, dtype, shape, sha256 of the data), then the rows' bits,
+# little-endian.
 _MAGIC = b"SKTFEAT1"
 _MAX_HEADER = 64 * 1024
 
@@ -172,10 +174,12 @@ class DiskFeatureStore:
     name only once it is complete, with the permissions the umask allows
     (as ``open`` would give), not ``mkstemp``'s 0600.
 
-    Every entry is checked when read: the header must name this entry's key
-    and image fingerprint, the dtype must be float32, the shape must be
-    ``expected_shape`` when the caller knows it, and the data must match the
-    header's SHA-256. Anything else is a miss, rewritten by the next
+    Entries keep the tensor's dtype (float32, or bf16/fp16 for features of
+    a prefix run in half precision). Every entry is checked when read: the
+    header must name this entry's key and image fingerprint and a dtype the
+    store keeps, the shape and dtype must be ``expected_shape`` and
+    ``expected_dtype`` when the caller knows them, and the data must match
+    the header's SHA-256. Anything else is a miss, rewritten by the next
     :meth:`put`. Entries are not fsynced: after a crash, a torn entry fails
     its checksum and is recomputed.
 
@@ -193,7 +197,7 @@ class DiskFeatureStore:
         key = _entry_key(model_key, fingerprint)
         return self.directory / key[:2] / f"{key}.feat"
 
-    def get(self, model_key, fingerprint, expected_shape=None):
+    def get(self, model_key, fingerprint, expected_shape=None, expected_dtype=None):
         if self.disabled:
             return None
         path = self._path(model_key, fingerprint)
@@ -202,7 +206,9 @@ class DiskFeatureStore:
                 blob = f.read()
         except (OSError, ValueError):
             return None
-        return _decode_entry(blob, model_key, fingerprint, expected_shape)
+        return _decode_entry(
+            blob, model_key, fingerprint, expected_shape, expected_dtype
+        )
 
     def put(self, model_key, fingerprint, tensor):
         if self.disabled:
@@ -237,20 +243,34 @@ class DiskFeatureStore:
         )
 
 
+# Stored dtypes by header name, with the little-endian integer layout of
+# their bits: numpy has no bf16, and the bits round-trip every value exactly.
+_DTYPES = {
+    "float32": (torch.float32, torch.int32, "<i4"),
+    "bfloat16": (torch.bfloat16, torch.int16, "<i2"),
+    "float16": (torch.float16, torch.int16, "<i2"),
+}
+_DTYPE_NAMES = {dtype: name for name, (dtype, _, _) in _DTYPES.items()}
+
+
 def _encode_entry(model_key, fingerprint, tensor):
-    data = np.ascontiguousarray(tensor.detach().cpu().float().numpy())
-    raw = data.tobytes()
+    tensor = tensor.detach().cpu().contiguous()
+    name = _DTYPE_NAMES.get(tensor.dtype)
+    if name is None:  # a dtype the store does not keep: as it always was
+        tensor, name = tensor.float(), "float32"
+    _, bits, layout = _DTYPES[name]
+    raw = np.ascontiguousarray(tensor.view(bits).numpy(), dtype=layout).tobytes()
     header = json.dumps({
         "model_key": model_key,
         "fingerprint": fingerprint,
-        "dtype": "float32",
-        "shape": list(data.shape),
+        "dtype": name,
+        "shape": list(tensor.shape),
         "sha256": hashlib.sha256(raw).hexdigest(),
     }).encode()
     return _MAGIC + struct.pack("<I", len(header)) + header + raw
 
 
-def _decode_entry(blob, model_key, fingerprint, expected_shape):
+def _decode_entry(blob, model_key, fingerprint, expected_shape, expected_dtype):
     """The entry's tensor, or None unless every check passes."""
     start = len(_MAGIC) + 4
     if len(blob) < start or not blob.startswith(_MAGIC):
@@ -261,19 +281,24 @@ def _decode_entry(blob, model_key, fingerprint, expected_shape):
     try:
         header = json.loads(blob[start:start + n_header])
         shape = tuple(int(n) for n in header["shape"])
+        dtype, bits, layout = _DTYPES[header["dtype"]]
         ok = (header["model_key"] == model_key
-              and header["fingerprint"] == fingerprint
-              and header["dtype"] == "float32")
+              and header["fingerprint"] == fingerprint)
         checksum = header["sha256"]
     except (ValueError, KeyError, TypeError, RecursionError):
         return None
     raw = blob[start + n_header:]
-    if (not ok or any(n < 0 for n in shape) or len(raw) != 4 * int(np.prod(shape))
+    itemsize = np.dtype(layout).itemsize
+    if (not ok or any(n < 0 for n in shape)
+            or len(raw) != itemsize * int(np.prod(shape))
             or (expected_shape is not None and shape != tuple(expected_shape))
+            or (expected_dtype is not None and dtype != expected_dtype)
             or hashlib.sha256(raw).hexdigest() != checksum):
         return None
-    array = np.frombuffer(raw, dtype="<f4").reshape(shape)
-    return torch.from_numpy(array.copy())
+    array = np.frombuffer(raw, dtype=layout).reshape(shape)
+    # astype copies into native byte order, and out of the read-only blob.
+    native = array.astype(np.dtype(layout).newbyteorder("="))
+    return torch.from_numpy(native).view(dtype)
 
 
 _MEMORY_STORE = MemoryFeatureStore(max_bytes=2 * 1024**3)

@@ -173,7 +173,8 @@ class PretrainedCNNClassifier(ClassifierMixin, TrainedTransferBase):
         Bound, in GiB, on the frozen features held in memory during ``fit``.
         With ``unfreeze=0`` they are small pooled embeddings (2 KiB per image
         for resnet18); with ``unfreeze>=1`` they are feature maps (0.77 MiB
-        per image for resnet50 at 224 px). If all training images would take
+        per image for resnet50 at 224 px). These sizes are fp32's; a bf16 or
+        fp16 ``precision`` halves them. If all training images would take
         more, the features of the fit are memory-mapped from a file (beside
         the disk cache, else in the temporary directory, ``TMPDIR``) that the
         operating system pages in as training reads them; only if that disk
@@ -185,7 +186,9 @@ class PretrainedCNNClassifier(ClassifierMixin, TrainedTransferBase):
         loss scaling for fp16). ``"auto"``: bf16 on GPUs with native bf16
         (compute capability 8.0 or later: A100, H100, RTX 30xx), else fp16;
         on the CPU bf16 only where the CPU has native bf16 units, else fp32.
-        ``"fp32"`` turns mixed precision off.
+        ``"fp32"`` turns mixed precision off. In bf16 or fp16 the cached
+        frozen features are kept in that precision too: they take half the
+        memory and disk of fp32, and twice as many fit in ``cache_max_gb``.
     compile : bool, default=False
         Compile the trained part with ``torch.compile`` (through skorch's
         ``compile`` option; pass its arguments as ``net_params={"compile__mode":

@@ -194,9 +194,16 @@ class PretrainedFeatureExtractor(
         Returns
         -------
         features : ndarray of shape (n_samples, n_features_out_), float32
+            float32 whatever ``precision``: with bf16 or fp16 the backbone
+            runs, and its features are cached, in that precision (half the
+            memory), and are widened here to the dtype scikit-learn models
+            expect.
         """
         check_is_fitted(self)
-        features = map_features(self._frozen_pass(self.frozen_), X, lambda rows: rows)
+        # Widened a chunk at a time: the cache keeps the stored dtype.
+        features = map_features(
+            self._frozen_pass(self.frozen_), X, lambda rows: rows.float()
+        )
         return np.ascontiguousarray(features.numpy(), dtype=np.float32)
 
     def export(self, path, format="onnx", *, input="uint8"):

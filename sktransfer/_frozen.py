@@ -25,7 +25,7 @@ from ._cache import DiskFeatureStore, model_cache_key, module_structure_digest
 from ._data import ImageDataset, collate_with_errors
 from ._decoded import DecodedImages
 from ._images import BadImagesError, ImageLoadError
-from ._runtime import autocast_context, device_scope, loader_workers
+from ._runtime import autocast_context, device_scope, feature_dtype, loader_workers
 from ._sources import as_image_sources, check_images
 from ._spill import disk_tensor, free_disk_bytes, spill_directory
 from ._transforms import eval_transform
@@ -62,7 +62,8 @@ class FrozenPass:
     device : str
         Where ``module`` runs.
     dtype : torch.dtype or None
-        Autocast dtype; None runs in float32.
+        Autocast dtype; None runs in float32. The features are kept in the
+        same dtype (:attr:`feature_dtype`).
     batch_size : int
         Images per forward pass.
     num_workers : int or None
@@ -90,6 +91,11 @@ class FrozenPass:
     stores: tuple = ()
     verbose: int = 0
     transform: object = None
+
+    @property
+    def feature_dtype(self):
+        """The dtype features are kept in: see :func:`feature_dtype`."""
+        return feature_dtype(self.dtype)
 
     def dataset(self, paths):
         """The images at ``paths`` as this pass feeds them to ``module``."""
@@ -135,8 +141,10 @@ def _run_frozen(frozen, dataset, indices, *, batch_size, device, dtype,
     """Yield ``(indices, features, failures)`` per batch.
 
     ``indices`` and the index in each ``(index, reason)`` failure are
-    positions in ``dataset`` (elements of ``indices``).
+    positions in ``dataset`` (elements of ``indices``). Features are on the
+    CPU in :func:`feature_dtype` of ``dtype``.
     """
+    stored = feature_dtype(dtype)
     device = torch.device(device)
     # Iterating a DataLoader draws a seed from torch's global RNG. Forking it
     # keeps a fit's later shuffling the same whether features came from the
@@ -162,7 +170,8 @@ def _run_frozen(frozen, dataset, indices, *, batch_size, device, dtype,
                 images = images.to(device, non_blocking=True)
                 if images.dim() == 4:
                     images = images.contiguous(memory_format=torch.channels_last)
-                out = frozen(images).float().cpu()
+                # Cast on the device: half the bytes cross to the host.
+                out = frozen(images).to(stored).cpu()
                 # Subset hands the dataset's own indices to ImageDataset, which
                 # returns them: they already index ``paths``, not ``indices``.
                 yield list(batch_indices), out, []
@@ -214,20 +223,22 @@ class _Rows:
     ``(n, ...)`` tensor rather than a list of rows plus their stacked copy.
     Beyond ``max_bytes`` it is memory-mapped from a file in ``spill_dir``
     (:func:`~sktransfer._spill.disk_tensor`) when one is given and its disk
-    has room.
+    has room. Rows are held in ``dtype``, and ``max_bytes`` counts its
+    bytes: half-precision features fit twice as many images in a bound.
     """
 
-    def __init__(self, n, max_bytes, spill_dir=None):
+    def __init__(self, n, max_bytes, spill_dir=None, dtype=torch.float32):
         self.n = n
         self.max_bytes = max_bytes
         self.spill_dir = spill_dir
+        self.dtype = dtype
         self.tensor = None
 
     def _allocate(self, row_shape):
         shape = (self.n, *row_shape)
-        n_bytes = 4 * math.prod(shape)  # float32
+        n_bytes = _itemsize(self.dtype) * math.prod(shape)
         if self.max_bytes is None or n_bytes <= self.max_bytes:
-            self.tensor = torch.zeros(shape, dtype=torch.float32)
+            self.tensor = torch.zeros(shape, dtype=self.dtype)
             return
         if self.spill_dir is None:
             raise FeatureCacheTooLarge(n_bytes, self.max_bytes, row_shape, self.n)
@@ -237,7 +248,7 @@ class _Rows:
                 n_bytes, self.max_bytes, row_shape, self.n,
                 disk=(self.spill_dir, free),
             )
-        self.tensor = disk_tensor(shape, self.spill_dir)
+        self.tensor = disk_tensor(shape, self.spill_dir, dtype=self.dtype)
 
     def set_one(self, i, row):
         if self.tensor is None:
@@ -248,6 +259,10 @@ class _Rows:
         if self.tensor is None:
             self._allocate(batch.shape[1:])
         self.tensor[torch.as_tensor(indices, dtype=torch.long)] = batch
+
+
+def _itemsize(dtype):
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def _expected_row_shape(frozen_pass):
@@ -287,18 +302,23 @@ def _lookup(frozen_pass, stores, model_key, paths, fingerprints, rows):
 
     A hit in a later (slower) store is copied into the earlier ones, so the
     next lookup of an on-disk entry is served from memory. A disk entry is
-    used only with the shape the prefix produces. Every hit is checked as a
+    used only with the shape the prefix produces, and any entry only in the
+    dtype the features are kept in (the key names the precision, but a file
+    may have been written by something else). Every hit is checked as a
     miss would be, up to decoding (:meth:`ImageSources.check`): the pixel
     limit and the bad-image policy hold whether or not features were cached.
     """
     hits = [False] * len(fingerprints)
     errors = []
     expected = None
+    dtype = frozen_pass.feature_dtype
     for i, fp in enumerate(fingerprints):
         if fp is None:
             continue
         for s, store in enumerate(stores):
             found = store.get(model_key, fp)
+            if found is not None and found.dtype != dtype:
+                found = None
             if found is not None and isinstance(store, DiskFeatureStore):
                 if expected is None:
                     expected = _expected_row_shape(frozen_pass)
@@ -345,8 +365,10 @@ def extract_features(frozen_pass, paths, *, max_bytes=None, use_cache=True,
     Returns
     -------
     features : torch.Tensor of shape (n_images, ...) or None
-        float32 on the CPU (memory-mapped when spilled); rows of images that
-        failed to load are zeros. None when no image could be loaded.
+        On the CPU in the pass's :attr:`~FrozenPass.feature_dtype` (bf16 or
+        fp16 when the prefix runs in it, else float32), memory-mapped when
+        spilled; rows of images that failed to load are zeros. None when no
+        image could be loaded.
     errors : list of (int, str)
         Index and reason of every image that failed to load, in order.
 
@@ -361,7 +383,7 @@ def extract_features(frozen_pass, paths, *, max_bytes=None, use_cache=True,
     model_key = frozen_pass.cache_key if use_cache else None
     stores = list(frozen_pass.stores) if model_key is not None else []
     fingerprints = paths.fingerprints() if stores else [None] * n
-    rows = _Rows(n, max_bytes, spill_dir)
+    rows = _Rows(n, max_bytes, spill_dir, dtype=frozen_pass.feature_dtype)
     hits, errors = _lookup(frozen_pass, stores, model_key, paths, fingerprints, rows)
     misses = [i for i in range(n) if not hits[i]]
     if misses:
@@ -426,6 +448,8 @@ def map_features(frozen_pass, X, fn):
 
     Runs in chunks of ``PREDICT_CHUNK`` images, so a feature-map prefix
     (``unfreeze>0``) over many images is never held in memory at once.
+    ``fn`` gets each chunk in the pass's
+    :attr:`~FrozenPass.feature_dtype`, as training saw the features.
     Bad files raise, listing every one, after all chunks were read.
     """
     paths = check_images(X)
@@ -467,11 +491,13 @@ def map_views(frozen_pass, X, views, fn, *, output="logits"):
     """
     paths = check_images(X)
     device = torch.device(frozen_pass.device)
+    stored = frozen_pass.feature_dtype
 
     def logits(batch):
         with torch.inference_mode(), autocast_context(device, frozen_pass.dtype):
             batch = batch.to(device).contiguous(memory_format=torch.channels_last)
-            features = frozen_pass.module(batch).float().cpu()
+            # Rounded as cached features are, so views match a plain predict.
+            features = frozen_pass.module(batch).to(stored).cpu()
         return fn(features)
 
     outputs, errors = [], []
@@ -514,7 +540,7 @@ def view_features(frozen_pass, decoded, transforms, *, max_bytes=None,
     Returns
     -------
     features : torch.Tensor of shape (len(transforms), n_images, ...)
-        float32 on the CPU.
+        On the CPU, in the pass's :attr:`~FrozenPass.feature_dtype`.
 
     Raises
     ------
@@ -522,6 +548,7 @@ def view_features(frozen_pass, decoded, transforms, *, max_bytes=None,
         When the features would take more than ``max_bytes``.
     """
     device = torch.device(frozen_pass.device)
+    stored = frozen_pass.feature_dtype
     out = None
     for v, transform in enumerate(transforms):
         loader = DataLoader(
@@ -531,16 +558,16 @@ def view_features(frozen_pass, decoded, transforms, *, max_bytes=None,
         with torch.inference_mode(), autocast_context(device, frozen_pass.dtype):
             for images, rows in loader:
                 images = images.to(device).contiguous(memory_format=torch.channels_last)
-                batch = frozen_pass.module(images).float().cpu()
+                batch = frozen_pass.module(images).to(stored).cpu()
                 if out is None:
                     shape = (len(transforms), len(decoded), *batch.shape[1:])
-                    n_bytes = math.prod(shape) * 4
+                    n_bytes = math.prod(shape) * _itemsize(stored)
                     if max_bytes is not None and n_bytes > max_bytes:
                         raise FeatureCacheTooLarge(
                             n_bytes, max_bytes, tuple(batch.shape[1:]),
                             len(transforms) * len(decoded),
                         )
-                    out = torch.empty(shape)
+                    out = torch.empty(shape, dtype=stored)
                 out[v, rows] = batch
     return out
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ._compat import BatchNormBase
-from ._runtime import autocast_context
+from ._runtime import autocast_context, feature_dtype
 
 __all__ = [
     "TrainableSuffix",
@@ -86,13 +86,15 @@ class TrainableSuffix(nn.Module):
 
     def embed(self, features):
         """Penultimate representation: the input of the head's last layer."""
-        x = self.trainable(features)
+        x = self.trainable(features.float())
         for layer in list(self.head)[:-1]:
             x = layer(x)
         return x
 
     def forward(self, features):
-        return self.head(self.trainable(features))
+        # Cached features may be stored in bf16/fp16; the trained part
+        # computes in float32 (under autocast on CUDA), one batch at a time.
+        return self.head(self.trainable(features.float()))
 
 
 class TransferModule(nn.Module):
@@ -126,8 +128,9 @@ class TransferModule(nn.Module):
     def forward(self, x):
         with torch.no_grad(), autocast_context(x.device, self.frozen_dtype):
             features = self.frozen(x)
-        if self.frozen_dtype is not None:
-            features = features.float()  # as the cache stores them
+        # Rounded to the dtype the cache stores them in, so a fit gives the
+        # same model with or without the cache.
+        features = features.to(feature_dtype(self.frozen_dtype))
         return self.suffix(features)
 
 

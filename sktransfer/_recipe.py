@@ -97,12 +97,14 @@ def run_in_batches(fn, inputs, *, batch_size, device, autocast_dtype):
     """``fn`` over ``inputs`` in batches, without gradients, on the CPU after.
 
     The trained part runs as it trained: under the same autocast (on CUDA;
-    float32 elsewhere) and at the batch size fit ended with.
+    float32 elsewhere) and at the batch size fit ended with. Inputs stored
+    in half precision become float32 one batch at a time, after the move
+    (half the bytes cross to the device).
     """
     outputs = []
     with torch.inference_mode(), autocast_context(device, autocast_dtype):
         for start in range(0, len(inputs), batch_size):
-            batch = inputs[start : start + batch_size].to(device)
+            batch = inputs[start : start + batch_size].to(device).float()
             outputs.append(fn(batch).float().cpu())
     return torch.cat(outputs)
 

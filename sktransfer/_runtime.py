@@ -31,6 +31,7 @@ __all__ = [
     "default_num_workers",
     "device_scope",
     "device_unavailable_reason",
+    "feature_dtype",
     "limit_threads_in_worker",
     "loader_workers",
     "resolve_device",
@@ -244,6 +245,18 @@ def resolve_precision(precision, device):
             "'fp32' or 'auto'."
         )
     return PRECISIONS[precision]
+
+
+def feature_dtype(dtype):
+    """The dtype frozen features are stored in for autocast ``dtype``.
+
+    A prefix run in bf16 or fp16 keeps its outputs in that dtype, in memory,
+    on disk and in the cache, which halves what they take: its last layers
+    computed them in that precision, so float32 would mostly hold rounding
+    already done. They become float32 a batch at a time where they are
+    used, never all at once, which would double them again.
+    """
+    return dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32
 
 
 def autocast_context(device, dtype):
