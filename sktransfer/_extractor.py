@@ -61,14 +61,8 @@ class PretrainedFeatureExtractor(
         ``"minmax"``, ``"percentile"`` or a ``(low, high)`` window, as
         described for :class:`PretrainedCNNClassifier`.
     channels : {"rgb", "grey"}, default="rgb"
-        ``"grey"`` turns every image into one luminance channel and adapts
-        the backbone's first convolution to it (its filters summed over
-        the colour channels, with the normalisation folded in, so that it
-        computes what it computes on the grey image copied into RGB except
-        along the border). For grey images (X-rays, scans, documents) it
-        keeps a third of the pixels in memory during augmented fits; for
-        colour images it discards colour. See "Medical and high-bit-depth
-        images" in the user guide.
+        ``"grey"`` feeds one luminance channel to a first convolution
+        adapted to it, as described for :class:`PretrainedCNNClassifier`.
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation of a backbone with ``weights=None``.
     verbose : int, default=0

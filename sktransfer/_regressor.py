@@ -141,14 +141,8 @@ class PretrainedCNNRegressor(RegressorMixin, TrainedTransferBase):
         ``"minmax"``, ``"percentile"`` or a ``(low, high)`` window, as
         described for :class:`PretrainedCNNClassifier`.
     channels : {"rgb", "grey"}, default="rgb"
-        ``"grey"`` turns every image into one luminance channel and adapts
-        the backbone's first convolution to it (its filters summed over
-        the colour channels, with the normalisation folded in, so that it
-        computes what it computes on the grey image copied into RGB except
-        along the border). For grey images (X-rays, scans, documents) it
-        keeps a third of the pixels in memory during augmented fits; for
-        colour images it discards colour. See "Medical and high-bit-depth
-        images" in the user guide.
+        ``"grey"`` feeds one luminance channel to a first convolution
+        adapted to it, as described for :class:`PretrainedCNNClassifier`.
     net_params : dict or None, default=None
         Extra keyword arguments for skorch's ``NeuralNetRegressor``.
     warm_start : bool, default=False
