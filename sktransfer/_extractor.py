@@ -188,7 +188,7 @@ class PretrainedFeatureExtractor(
         Returns
         -------
         features : ndarray of shape (n_samples, n_features_out_), float32
-            float32 whatever ``precision``: with bf16 or fp16 the backbone
+            Float32 whatever ``precision``: with bf16 or fp16 the backbone
             runs, and its features are cached, in that precision (half the
             memory), and are widened here to the dtype scikit-learn models
             expect.
