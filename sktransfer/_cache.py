@@ -177,9 +177,9 @@ class DiskFeatureStore:
     Entries keep the tensor's dtype (float32, or bf16/fp16 for features of
     a prefix run in half precision). Every entry is checked when read: the
     header must name this entry's key and image fingerprint and a dtype the
-    store keeps, the shape and dtype must be ``expected_shape`` and
-    ``expected_dtype`` when the caller knows them, and the data must match
-    the header's SHA-256. Anything else is a miss, rewritten by the next
+    store keeps, the shape must be ``expected_shape`` when the caller knows
+    it, and the data must match the header's SHA-256. Anything else is a
+    miss, rewritten by the next
     :meth:`put`. Entries are not fsynced: after a crash, a torn entry fails
     its checksum and is recomputed.
 
@@ -197,7 +197,7 @@ class DiskFeatureStore:
         key = _entry_key(model_key, fingerprint)
         return self.directory / key[:2] / f"{key}.feat"
 
-    def get(self, model_key, fingerprint, expected_shape=None, expected_dtype=None):
+    def get(self, model_key, fingerprint, expected_shape=None):
         if self.disabled:
             return None
         path = self._path(model_key, fingerprint)
@@ -206,9 +206,7 @@ class DiskFeatureStore:
                 blob = f.read()
         except (OSError, ValueError):
             return None
-        return _decode_entry(
-            blob, model_key, fingerprint, expected_shape, expected_dtype
-        )
+        return _decode_entry(blob, model_key, fingerprint, expected_shape)
 
     def put(self, model_key, fingerprint, tensor):
         if self.disabled:
@@ -270,7 +268,7 @@ def _encode_entry(model_key, fingerprint, tensor):
     return _MAGIC + struct.pack("<I", len(header)) + header + raw
 
 
-def _decode_entry(blob, model_key, fingerprint, expected_shape, expected_dtype):
+def _decode_entry(blob, model_key, fingerprint, expected_shape):
     """The entry's tensor, or None unless every check passes."""
     start = len(_MAGIC) + 4
     if len(blob) < start or not blob.startswith(_MAGIC):
@@ -292,7 +290,6 @@ def _decode_entry(blob, model_key, fingerprint, expected_shape, expected_dtype):
     if (not ok or any(n < 0 for n in shape)
             or len(raw) != itemsize * int(np.prod(shape))
             or (expected_shape is not None and shape != tuple(expected_shape))
-            or (expected_dtype is not None and dtype != expected_dtype)
             or hashlib.sha256(raw).hexdigest() != checksum):
         return None
     array = np.frombuffer(raw, dtype=layout).reshape(shape)

@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from sktransfer import PretrainedCNNClassifier
+from sktransfer import (
+    PretrainedCNNClassifier,
+    PretrainedFeatureExtractor,
+    _frozen,
+    clear_feature_cache,
+)
 from sktransfer._cache import DiskFeatureStore
 from sktransfer._frozen import extract_features
+from sktransfer._sources import as_image_sources
 from sktransfer._spill import disk_tensor, is_disk_backed
 
 
@@ -42,14 +48,40 @@ def test_spilled_bf16_tensor_holds_rows(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_disk_store_keeps_the_dtype_and_refuses_another(tmp_path, dtype):
+def test_disk_store_keeps_the_dtype(tmp_path, dtype):
     store = DiskFeatureStore(tmp_path)
     row = torch.randn(5, 2).to(dtype)
     store.put("model", "image", row)
-    found = store.get("model", "image", expected_dtype=dtype)
+    found = store.get("model", "image")
     assert found.dtype == dtype and torch.equal(found, row)
-    other = torch.float32 if dtype != torch.float32 else torch.bfloat16
-    assert store.get("model", "image", expected_dtype=other) is None
+
+
+def test_cached_entries_of_another_dtype_are_recomputed(colour_images, tmp_path,
+                                                        monkeypatch):
+    X, _ = colour_images
+    extractor = PretrainedFeatureExtractor(
+        backbone="tiny_cnn", weights=None, random_state=0, device="cpu",
+        num_workers=0, precision="fp32", cache=tmp_path,
+    ).fit(X)
+    expected = extractor.transform(X)
+    # Entries under the same key and fingerprints, written in bf16 by
+    # something else: every one must be a miss for this float32 pass.
+    key = extractor._feature_cache_key()
+    store = DiskFeatureStore(tmp_path)
+    for fp, row in zip(as_image_sources(X).fingerprints(), expected):
+        store.put(key, fp, torch.from_numpy(row).to(torch.bfloat16))
+    clear_feature_cache()
+    computed = []
+    run = _frozen._run_frozen
+
+    def counting(*args, **kwargs):
+        for batch in run(*args, **kwargs):
+            computed.extend(batch[0])
+            yield batch
+
+    monkeypatch.setattr(_frozen, "_run_frozen", counting)
+    np.testing.assert_array_equal(extractor.transform(X), expected)
+    assert sorted(computed) == list(range(len(X)))
 
 
 def test_bf16_stored_predictions_agree_with_fp32(three_class_images, tiny_params):
