@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 
 from ._data import ImageDataset, collate_with_errors
 from ._runtime import usable_num_workers
-from ._transforms import INTERPOLATIONS, grey_steps
+from ._transforms import resize_steps
 
 __all__ = [
     "DecodedImages",
@@ -60,13 +60,8 @@ def store_transform(prep):
     applied to the PIL image), so the evaluation view of a stored image is
     the tensor ``eval_transform`` makes from the file.
     """
-    s = prep.resize_size
     return v2.Compose([
-        *grey_steps(prep),
-        v2.Resize(s, interpolation=INTERPOLATIONS[prep.interpolation],
-                  antialias=True),
-        v2.CenterCrop(s),
-        v2.PILToTensor(),
+        *resize_steps(prep), v2.CenterCrop(prep.resize_size), v2.PILToTensor(),
     ])
 
 

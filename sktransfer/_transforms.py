@@ -5,7 +5,13 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torchvision.transforms import v2
 
-__all__ = ["Preprocessing", "crop_transform", "eval_transform", "grey_steps"]
+__all__ = [
+    "Preprocessing",
+    "crop_transform",
+    "eval_transform",
+    "grey_steps",
+    "resize_steps",
+]
 
 INTERPOLATIONS = {
     "bilinear": v2.InterpolationMode.BILINEAR,
@@ -20,7 +26,9 @@ class Preprocessing:
 
     The image's shorter side is resized to ``resize_size``, the centre
     ``crop_size`` square is cut out, and channels are normalised with
-    ``mean`` and ``std``.
+    ``mean`` and ``std``. With ``crop_mode="squash"`` (timm's name, used by
+    some timm weights) both sides are resized to ``resize_size`` instead,
+    without keeping the aspect ratio.
 
     ``intensity`` is how pixel values become 8 bits (see
     :mod:`sktransfer._intensity`). Its default is what every model did
@@ -39,6 +47,7 @@ class Preprocessing:
     interpolation: str = "bilinear"
     intensity: object = "bit_depth"
     channels: int = 3
+    crop_mode: str = "center"
 
     @classmethod
     def from_torchvision(cls, weights):
@@ -63,10 +72,11 @@ class Preprocessing:
 
     def to_dict(self):
         values = asdict(self)
-        if values["channels"] == 3:
-            # RGB, as before channels existed: cache keys of RGB models and
-            # files written by them stay what they were.
-            del values["channels"]
+        # Defaults that older versions did not record are left out, so the
+        # cache keys of such models and the files they wrote stay the same.
+        for key, default in (("channels", 3), ("crop_mode", "center")):
+            if values[key] == default:
+                del values[key]
         return values
 
     @classmethod
@@ -93,13 +103,19 @@ def grey_steps(prep):
     return [v2.Grayscale(1)] if prep.channels == 1 else []
 
 
-def _resize_crop_steps(prep):
-    interpolation = INTERPOLATIONS[prep.interpolation]
+def resize_steps(prep):
+    """Luminance if asked, then the resize: shorter side, or both if squashed."""
+    s = prep.resize_size
+    size = (s, s) if prep.crop_mode == "squash" else s
     return [
         *grey_steps(prep),
-        v2.Resize(prep.resize_size, interpolation=interpolation, antialias=True),
-        v2.CenterCrop(prep.crop_size),
+        v2.Resize(size, interpolation=INTERPOLATIONS[prep.interpolation],
+                  antialias=True),
     ]
+
+
+def _resize_crop_steps(prep):
+    return [*resize_steps(prep), v2.CenterCrop(prep.crop_size)]
 
 
 def eval_transform(prep):

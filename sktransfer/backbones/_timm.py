@@ -8,14 +8,19 @@ A timm model is cut into blocks from its own ``feature_info``: each module
 that timm exposes as a feature map ends a block, the modules before the first
 stage container form the stem, and what follows the last feature (e.g.
 ``conv_head``) joins the last block. The pooling/classifier modules form the
-neck. Every cut is checked against ``model(x)``, because timm's
-``forward_features`` may do more than call its children in order (class
-tokens, position embeddings, ...), and such models cannot be cut this way.
+neck. Vision transformers over a sequence of tokens (ViT, DeiT, DINOv2,
+EVA, BEiT, ...) are cut by :mod:`._timm_tokens` instead, one block per
+transformer block. Every cut is checked against ``model(x)``, because a
+model's forward pass may do more than call its children in order (CaiT's
+class-attention blocks, XCiT's extra arguments, ...), and such models cannot
+be cut.
 """
 
 import difflib
 import functools
+import math
 import os
+import warnings
 from collections import OrderedDict
 from importlib.metadata import PackageNotFoundError, version
 
@@ -30,6 +35,7 @@ from ._registry import (
     register_backbone,
     register_prefix,
 )
+from ._timm_tokens import cut_token_transformer, is_token_transformer
 from ._weights import (
     is_weights_path,
     load_backbone_state,
@@ -68,23 +74,58 @@ def import_timm():
     return timm
 
 
-def _timm_preprocessing(timm, model):
-    """Preprocessing from timm's data config of ``model``.
+def timm_eval_config(timm, model):
+    """timm's resolved data config of ``model`` for evaluation.
+
+    timm evaluates at ``test_input_size`` (and ``test_crop_pct``) where the
+    weights name one. A transformer whose position embeddings are fixed to
+    its training size cannot take another size, so it keeps that one.
+    """
+    config = timm.data.resolve_data_config({}, model=model, use_test_size=True)
+    patch_embed = getattr(model, "patch_embed", None)
+    fixed = getattr(patch_embed, "strict_img_size", False) and not getattr(
+        model, "dynamic_img_size", False
+    )
+    if fixed and tuple(config["input_size"][1:]) != tuple(patch_embed.img_size):
+        config = timm.data.resolve_data_config({}, model=model)
+    return config
+
+
+def timm_preprocessing(timm, model, model_name):
+    """Preprocessing from timm's evaluation data config of ``model``.
 
     timm describes the eval transform as a crop size and the fraction
-    ``crop_pct`` of the resized image it covers, so the resize is
-    ``crop / crop_pct``.
+    ``crop_pct`` of the resized image it covers; the resize is
+    ``floor(crop / crop_pct)``, as in ``timm.data.create_transform``.
     """
-    config = timm.data.resolve_data_config({}, model=model)
-    crop = int(config["input_size"][-1])
+    config = timm_eval_config(timm, model)
+    height, width = (int(v) for v in config["input_size"][1:])
+    if height != width:
+        raise ValueError(
+            f"timm model {model_name!r} takes {height}x{width} inputs; only "
+            "square inputs are supported."
+        )
+    crop_mode = config.get("crop_mode") or "center"
+    if crop_mode not in ("center", "squash"):
+        # "border" pads the whole image into the square; only a handful of
+        # timm weights use it.
+        warnings.warn(
+            f"timm model {model_name!r} is evaluated with crop_mode="
+            f"{crop_mode!r}, which sktransfer does not implement; using "
+            "'center' (resize the shorter side, crop the centre).",
+            UserWarning,
+            stacklevel=2,
+        )
+        crop_mode = "center"
     interpolation = config.get("interpolation", "bilinear")
     return Preprocessing(
-        resize_size=round(crop / config.get("crop_pct", 1.0)),
-        crop_size=crop,
+        resize_size=math.floor(width / (config.get("crop_pct") or 0.875)),
+        crop_size=width,
         mean=tuple(float(m) for m in config["mean"]),
         std=tuple(float(s) for s in config["std"]),
         # timm also knows e.g. "lanczos" and "random"; our transforms do not.
         interpolation=interpolation if interpolation in INTERPOLATIONS else "bilinear",
+        crop_mode=crop_mode,
     )
 
 
@@ -94,10 +135,11 @@ def _timm_preprocessing(timm, model):
 def _cut_error(model_name, reason):
     return ValueError(
         f"timm model {model_name!r} cannot be cut into sequential blocks; "
-        f"{reason}. Use a convolutional timm model whose forward pass runs its "
-        "stages in order (e.g. 'timm/resnet50', 'timm/efficientnet_b0', "
-        "'timm/convnext_tiny'), or a registered backbone from "
-        "sktransfer.list_backbones()."
+        f"{reason}. Use a timm model whose forward pass runs its stages or "
+        "transformer blocks in order (e.g. 'timm/resnet50', "
+        "'timm/convnext_tiny', 'timm/swin_tiny_patch4_window7_224', "
+        "'timm/vit_small_patch16_224', 'timm/vit_small_patch14_dinov2'), or a "
+        "registered backbone from sktransfer.list_backbones()."
     )
 
 
@@ -169,30 +211,51 @@ def cut_timm_model(model, model_name):
     return blocks, _sequential(flat[neck_start:])
 
 
-def verify_cut(model, blocks, neck, model_name, input_size):
-    """Check that blocks then neck compute ``model(x)``; return the width.
+def reference_output(model, input_size):
+    """A fixed random input and ``model``'s output for it; None on ``meta``.
 
-    Raises
-    ------
-    ValueError
-        If they fail or differ, naming the model.
+    Taken before the cut, because cutting a transformer takes the model apart.
     """
     if any(p.is_meta for p in model.parameters()):
-        return _meta_width(model, blocks, neck, input_size)
+        return None
     generator = torch.Generator().manual_seed(0)  # leave the global RNG alone
     x = torch.randn(1, *input_size, generator=generator)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            expected = model(x)
+            return x, model(x)
+    finally:
+        model.train(was_training)
+
+
+def verify_cut(reference, blocks, neck, model_name, input_size):
+    """Check that blocks then neck compute the reference; return the width.
+
+    ``reference`` is what :func:`reference_output` returned.
+
+    Raises
+    ------
+    ValueError
+        If they fail or differ, naming the model.
+    """
+    if reference is None:
+        return _meta_width(blocks, neck, input_size)
+    x, expected = reference
+    modules = [*blocks, neck]
+    was_training = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        with torch.no_grad():
             got = neck(nn.Sequential(*blocks)(x))
     except Exception as exc:  # shape errors, missing tokens, ...
         raise _cut_error(
             model_name, f"running its blocks failed ({type(exc).__name__}: {exc})"
         ) from exc
     finally:
-        model.train(was_training)
+        for m, training in zip(modules, was_training):
+            m.train(training)
     if expected.ndim != 2:
         raise _cut_error(
             model_name, f"its output has shape {tuple(expected.shape)}, not 2-D"
@@ -208,7 +271,7 @@ def verify_cut(model, blocks, neck, model_name, input_size):
     return int(expected.shape[1])
 
 
-def _meta_width(model, blocks, neck, input_size):
+def _meta_width(blocks, neck, input_size):
     """Embedding width of a model built on the meta device (no values to check)."""
     x = torch.empty(1, *input_size, device="meta")
     with torch.no_grad():
@@ -297,10 +360,14 @@ def _make_timm_builder(model_name):
                 weights_id = weights_file_id(weights)
         else:
             raise _weights_error(f"timm/{model_name}", weights)
-        prep = _timm_preprocessing(timm, model)
-        blocks, neck = cut_timm_model(model, model_name)
-        input_size = timm.data.resolve_data_config({}, model=model)["input_size"]
-        dim = verify_cut(model, blocks, neck, model_name, input_size)
+        prep = timm_preprocessing(timm, model, model_name)
+        input_size = (3, prep.crop_size, prep.crop_size)
+        reference = reference_output(model, input_size)
+        if is_token_transformer(model):
+            blocks, neck = cut_token_transformer(model)
+        else:
+            blocks, neck = cut_timm_model(model, model_name)
+        dim = verify_cut(reference, blocks, neck, model_name, input_size)
         return BackboneParts(blocks, neck, dim, prep, weights_id)
 
     return build
@@ -460,9 +527,11 @@ def _build_efficientnet_lite0(weights):
         nn.Sequential(stages[-1], model.conv_head, model.bn2),
     ]
     neck = nn.Sequential(model.global_pool)  # classifier is Identity here
-    prep = _timm_preprocessing(timm, model)
+    prep = timm_preprocessing(timm, model, LITE0_ARCHITECTURE)
+    input_size = (3, prep.crop_size, prep.crop_size)
     dim = verify_cut(
-        model, blocks, neck, LITE0_ARCHITECTURE, (3, prep.crop_size, prep.crop_size)
+        reference_output(model, input_size), blocks, neck, LITE0_ARCHITECTURE,
+        input_size,
     )
     return BackboneParts(blocks, neck, dim, prep, weights_id)
 

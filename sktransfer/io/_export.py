@@ -275,8 +275,10 @@ def _metadata(est, fmt, input_kind, model_path, sha256, output, activation):
                    "composited on white, 8-bit RGB"
                    + ("" if prep.channels == 3 else ", then luminance (Pillow L)")},
         {"step": "resize", "where": "server",
-         "detail": f"shorter side to {prep.resize_size} px, {prep.interpolation}, "
-                   "antialiased (Pillow)"},
+         "detail": (f"both sides to {prep.resize_size} px (aspect not kept)"
+                    if prep.crop_mode == "squash" else
+                    f"shorter side to {prep.resize_size} px")
+                   + f", {prep.interpolation}, antialiased (Pillow)"},
         {"step": "center_crop", "where": "server",
          "detail": f"{crop} x {crop}, torchvision CenterCrop rounding"},
         {"step": "scale", "where": where, "detail": "float32 x / 255"},
@@ -400,8 +402,9 @@ def export_inputs(X, metadata, *, max_image_pixels=None):
     The server-side preprocessing of a model written by
     ``PretrainedCNNClassifier.export`` (or ``PretrainedFeatureExtractor.export``):
     each image is loaded as ``predict_proba`` loads it (EXIF orientation,
-    alpha on white, RGB), its shorter side resized to ``resize_size`` and the
-    centre ``crop_size`` square cut out, with the sidecar's interpolation;
+    alpha on white, RGB), its shorter side (both sides for
+    ``crop_mode="squash"``) resized to ``resize_size`` and the centre
+    ``crop_size`` square cut out, with the sidecar's interpolation;
     for ``input="float"`` models it is then scaled and normalised too. The
     exported model's output on this array equals ``predict_proba(X)``.
 
@@ -438,7 +441,7 @@ def export_inputs(X, metadata, *, max_image_pixels=None):
     meta = _read_metadata(metadata)
     paths = check_image_paths(X)
     fields = ("resize_size", "crop_size", "mean", "std", "interpolation",
-              "intensity", "channels")
+              "intensity", "channels", "crop_mode")
     # Sidecars written before intensity existed keep the Preprocessing
     # default, which is what those models did.
     prep = Preprocessing.from_dict(

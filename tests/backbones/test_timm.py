@@ -209,9 +209,11 @@ def test_generic_timm_spec():
     parts = spec.build(None)
     assert len(parts.blocks) == spec.n_blocks == 5
     assert parts.feature_dim == 512 and parts.weights_id == "random"
-    prep = parts.preprocessing  # from timm's data config: 176 crop, crop_pct 0.875
+    # timm's evaluation config: test_input_size 224, test_crop_pct 0.95,
+    # so the resize is floor(224 / 0.95) = 235.
+    prep = parts.preprocessing
     assert (prep.crop_size, prep.resize_size, prep.interpolation) == (
-        176, 201, "bicubic"
+        224, 235, "bicubic"
     )
 
 
@@ -294,8 +296,9 @@ def test_unknown_timm_model_suggests_a_name():
 
 
 def test_non_sequential_timm_model_is_refused():
-    with pytest.raises(ValueError, match="'test_vit' cannot be cut into sequential"):
-        get_backbone("timm/test_vit")
+    # XCiT's blocks take the token grid as extra arguments.
+    with pytest.raises(ValueError, match="'xcit_nano_12_p16_224' cannot be cut"):
+        get_backbone("timm/xcit_nano_12_p16_224")
 
 
 # -- missing optional dependencies --------------------------------------------
