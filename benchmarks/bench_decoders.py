@@ -110,10 +110,9 @@ def pillow_decoder(fmt):
 
 
 def simplejpeg_decoder(fmt, same_scale=True):
-    import simplejpeg
-
     if fmt != "JPEG":
         return None
+    import simplejpeg
 
     def decode(path):
         data = Path(path).read_bytes()
@@ -129,10 +128,9 @@ def simplejpeg_decoder(fmt, same_scale=True):
 
 
 def turbojpeg_decoder(fmt):
-    from turbojpeg import TJPF_RGB, TurboJPEG
-
     if fmt != "JPEG":
         return None
+    from turbojpeg import TJPF_RGB, TurboJPEG
     jpeg = TurboJPEG()
 
     def decode(path):
