@@ -27,11 +27,33 @@ __all__ = [
     "BackboneInfo",
     "BackboneParts",
     "BackboneSpec",
+    "feature_layout",
     "get_backbone",
     "list_backbones",
     "register_backbone",
     "register_prefix",
+    "set_feature_layout",
 ]
+
+# Feature maps are (N, C, H, W) unless a block says otherwise; timm's Swin and
+# MambaOut stages output (N, H, W, C).
+_LAYOUT_ATTRIBUTE = "sktransfer_feature_layout"
+
+
+def set_feature_layout(block, layout):
+    """Record that ``block`` outputs ``"NCHW"`` or ``"NHWC"`` feature maps.
+
+    Kept on the module itself, so it survives pickling, and a model loaded
+    from the safe format gets it again from the backbone's build.
+    """
+    if layout not in ("NCHW", "NHWC"):
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC'; got {layout!r}.")
+    setattr(block, _LAYOUT_ATTRIBUTE, layout)
+
+
+def feature_layout(block):
+    """``"NHWC"`` or ``"NCHW"`` (the default) for the 4-D outputs of ``block``."""
+    return getattr(block, _LAYOUT_ATTRIBUTE, "NCHW")
 
 
 @dataclass

@@ -34,6 +34,7 @@ from ._registry import (
     count_blocks,
     register_backbone,
     register_prefix,
+    set_feature_layout,
 )
 from ._timm_tokens import cut_token_transformer, is_token_transformer
 from ._weights import (
@@ -367,6 +368,9 @@ def _make_timm_builder(model_name):
             blocks, neck = cut_token_transformer(model)
         else:
             blocks, neck = cut_timm_model(model, model_name)
+            if getattr(model, "output_fmt", None) == "NHWC":  # Swin, MambaOut
+                for block in blocks:
+                    set_feature_layout(block, "NHWC")
         dim = verify_cut(reference, blocks, neck, model_name, input_size)
         return BackboneParts(blocks, neck, dim, prep, weights_id)
 

@@ -36,6 +36,8 @@ import torch
 from torch.nn import functional as F
 
 from .._runtime import autocast_context
+from ..backbones._registry import feature_layout
+from ..backbones._timm_tokens import TokenEmbedding
 
 __all__ = ["METHODS", "class_activation_maps", "model_blocks", "resolve_layer"]
 
@@ -71,9 +73,18 @@ def model_blocks(estimator):
     return blocks, estimator.n_frozen_blocks_, neck, model.suffix.head
 
 
-def resolve_layer(layer, n_blocks):
-    """Index of the block named by ``layer`` (None: the last one)."""
+def resolve_layer(layer, blocks):
+    """Index of the block named by ``layer`` in ``blocks``.
+
+    None is the last block, except in a vision transformer: there the last
+    block is followed by pooling that may read the class token alone, so its
+    patch tokens get no gradient; the default is then the block before, the
+    input of the last transformer block (the usual choice for ViTs).
+    """
+    n_blocks = len(blocks)
     if layer is None:
+        if isinstance(blocks[0], TokenEmbedding) and n_blocks > 2:
+            return n_blocks - 2
         return n_blocks - 1
     if isinstance(layer, bool) or not isinstance(layer, int) or not (
         -n_blocks <= layer < n_blocks
@@ -85,9 +96,14 @@ def resolve_layer(layer, n_blocks):
     return layer % n_blocks
 
 
-def _as_grid(activations, layer):
-    """``(N, C, H, W)`` from a conv map, or from ViT tokens ``(N, T, C)``."""
+def _as_grid(activations, layer, layout):
+    """``(N, C, H, W)`` from a conv map, or from ViT tokens ``(N, T, C)``.
+
+    ``layout`` is the block's :func:`feature_layout` (Swin outputs NHWC).
+    """
     if activations.ndim == 4:
+        if layout == "NHWC":
+            return activations.permute(0, 3, 1, 2)
         return activations
     if activations.ndim == 3:
         n_tokens = activations.shape[1]
@@ -141,7 +157,8 @@ def class_activation_maps(estimator, inputs, targets, *, layer=None,
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
     blocks, n_frozen, neck, head = model_blocks(estimator)
-    k = resolve_layer(layer, len(blocks))
+    k = resolve_layer(layer, blocks)
+    layout = feature_layout(blocks[k])
     device = torch.device(estimator.device_)
     estimator.model_.eval()
     if targets is not None:
@@ -159,7 +176,7 @@ def class_activation_maps(estimator, inputs, targets, *, layer=None,
             for block in blocks[n_frozen : k + 1]:
                 x = block(x)
         activations = x.detach().requires_grad_(True)
-        acts = _as_grid(activations.detach(), k)  # non-spatial output raises
+        acts = _as_grid(activations.detach(), k, layout)  # non-spatial raises
         with torch.enable_grad():
             # A clone, since the next layer may work in place (ReLU) and the
             # leaf must keep the block's output.
@@ -173,7 +190,7 @@ def class_activation_maps(estimator, inputs, targets, *, layer=None,
                 batch_targets = targets[start : start + len(logits)].to(device)
             scores = logits.gather(1, batch_targets[:, None]).sum()
             (grads,) = torch.autograd.grad(scores, activations)
-        grads = _as_grid(grads, k)
+        grads = _as_grid(grads, k, layout)
         if method == "gradcam":
             grads = grads.mean(dim=(2, 3), keepdim=True)
         cam = F.relu((grads * acts).sum(dim=1, keepdim=True))

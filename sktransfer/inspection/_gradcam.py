@@ -102,10 +102,13 @@ class GradCAMDisplay:
             Block of the backbone whose activations are weighted, by index
             (0 is the stem, -1 the last block). None is the last block: the
             last trainable one when ``unfreeze > 0``, else the last frozen
-            one. Later blocks see more of the image but at a coarser grid
-            (1/32 of the input for most CNNs). Blocks may output feature
-            maps ``(N, C, H, W)`` or ViT tokens ``(N, T, C)`` (class and
-            register tokens first, then a square grid of patches).
+            one; for a timm vision transformer it is the block before the
+            last (the last one's patch tokens get no gradient when only the
+            class token is pooled). Later blocks see more of the image but
+            at a coarser grid (1/32 of the input for most CNNs). Blocks may
+            output feature maps ``(N, C, H, W)`` (``(N, H, W, C)`` for Swin)
+            or ViT tokens ``(N, T, C)`` (class and register tokens first,
+            then a square grid of patches).
         method : {"hirescam", "gradcam"}, default="hirescam"
             ``"hirescam"`` multiplies activations and gradients position by
             position; ``"gradcam"`` weights each channel by its gradient
@@ -139,7 +142,7 @@ class GradCAMDisplay:
         batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
         paths = check_image_paths(X)
         # Arguments are checked before any image is read.
-        resolve_layer(layer, len(model_blocks(estimator)[0]))
+        resolve_layer(layer, model_blocks(estimator)[0])
         classes = estimator.classes_
         n = len(paths)
         if target is None:

@@ -16,11 +16,14 @@ from sktransfer import (
     BackboneSpec,
     BadImagesError,
     PretrainedCNNClassifier,
+    get_backbone,
     register_backbone,
 )
 from sktransfer._transforms import Preprocessing
 from sktransfer.backbones import BackboneParts
+from sktransfer.backbones._registry import set_feature_layout
 from sktransfer.inspection import GradCAMDisplay, TopLossesDisplay
+from sktransfer.inspection._cam import _as_grid
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -86,7 +89,34 @@ def _build_pooled(weights):
     return BackboneParts(blocks, nn.Identity(), 8, _PREP, "random")
 
 
-for _name, _build in [("tiny_tokens", _build_tokens), ("tiny_pooled", _build_pooled)]:
+class _Permute(nn.Module):
+    def __init__(self, *dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.permute(*self.dims)
+
+
+def _build_channels_last(weights):
+    """tiny_cnn with every block's output (N, H, W, C), marked as such, as
+    timm's Swin stages output them; the same weights for the same seed."""
+    tiny = get_backbone("tiny_cnn").build(None)
+    to_nhwc, to_nchw = _Permute(0, 2, 3, 1), _Permute(0, 3, 1, 2)
+    blocks = [nn.Sequential(tiny.blocks[0], to_nhwc)] + [
+        nn.Sequential(to_nchw, block, to_nhwc) for block in tiny.blocks[1:]
+    ]
+    for block in blocks:
+        set_feature_layout(block, "NHWC")
+    neck = nn.Sequential(to_nchw, tiny.neck)
+    return BackboneParts(blocks, neck, 16, tiny.preprocessing, "random")
+
+
+for _name, _build in [
+    ("tiny_tokens", _build_tokens),
+    ("tiny_pooled", _build_pooled),
+    ("tiny_channels_last", _build_channels_last),
+]:
     register_backbone(
         BackboneSpec(name=_name, family="test", build=_build, source="test"),
         overwrite=True,
@@ -159,6 +189,63 @@ def test_gradcam_on_vit_tokens(half_images):
     assert display.heatmaps.shape == (len(X), 32, 32)
     share = _left_share(display.heatmaps)
     assert share.mean() > 0.75 and share.min() > 0.6, share
+
+
+def test_gradcam_on_channels_last_maps(half_clf, half_images):
+    # The same network as half_clf's with (N, H, W, C) outputs gives the same
+    # maps; read as (N, C, H, W) they would not even have the right shape.
+    X, y = half_images
+    clf = PretrainedCNNClassifier(
+        "tiny_channels_last", unfreeze=1, **{**FIT, "max_epochs": 5}
+    ).fit(X, y)
+    np.testing.assert_allclose(clf.predict_proba(X), half_clf.predict_proba(X),
+                               atol=1e-5)
+    for layer in (0, 1, None):
+        np.testing.assert_allclose(
+            GradCAMDisplay.from_estimator(clf, X, target=y, layer=layer).heatmaps,
+            GradCAMDisplay.from_estimator(half_clf, X, target=y, layer=layer).heatmaps,
+            atol=1e-4,
+        )
+
+
+def test_gradcam_on_a_timm_vit_uses_the_last_blocks_input(half_images):
+    pytest.importorskip("timm")
+    X, y = half_images
+    # test_vit pools its class token only; 16 x 16 patches of 64 px images
+    # give a 4 x 4 grid.
+    clf = PretrainedCNNClassifier(
+        "timm/test_vit", image_size=64, unfreeze=2, **{**FIT, "max_epochs": 5}
+    ).fit(X, y)
+    n_blocks = clf.backbone_n_blocks_
+    default = GradCAMDisplay.from_estimator(clf, X, target=y).heatmaps
+    before_last = GradCAMDisplay.from_estimator(
+        clf, X, target=y, layer=n_blocks - 2
+    ).heatmaps
+    np.testing.assert_array_equal(default, before_last)
+    assert default.shape == (len(X), 64, 64)
+    assert np.allclose(default.max(axis=(1, 2)), 1)
+    # After the last block only the class token reaches the pooled output,
+    # so the patch tokens get no gradient and there is no map.
+    last = GradCAMDisplay.from_estimator(clf, X, target=y, layer=-1).heatmaps
+    assert not last.any()
+
+
+@pytest.mark.parametrize("name", ["test_vit", "vit_small_patch14_reg4_dinov2"])
+def test_vit_tokens_are_laid_out_as_timm_lays_them_out(name):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=0).eval()
+    torch.manual_seed(0)
+    blocks = get_backbone(f"timm/{name}").build(None).blocks
+    size = model.pretrained_cfg["input_size"][-1]
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        expected = model.forward_intermediates(
+            x, indices=[2], norm=False, output_fmt="NCHW", intermediates_only=True
+        )[0]
+        tokens = nn.Sequential(*blocks[:4]).eval()(x)  # embedding, blocks 0-2
+    # Class and register tokens dropped, patches back on timm's own grid.
+    torch.testing.assert_close(_as_grid(tokens, 3, "NCHW"), expected)
 
 
 def test_gradcam_non_spatial_block_raises(colour_images):

@@ -42,3 +42,18 @@ def test_displays_on_the_gpu(three_class_images, tiny_params, unfreeze, tmp_path
         GradCAMDisplay.from_estimator(loaded, X).heatmaps, cam.heatmaps, atol=1e-4
     )
     plt.close("all")
+
+
+def test_vit_gradcam_on_the_gpu(three_class_images, tiny_params):
+    pytest.importorskip("timm")
+    X, y = three_class_images
+    params = dict(tiny_params, backbone="timm/test_vit", image_size=64,
+                  device="cuda", unfreeze=2)
+    clf = PretrainedCNNClassifier(**params).fit(X, y)
+    cam = GradCAMDisplay.from_estimator(clf, X)
+    assert cam.heatmaps.shape == (len(X), 64, 64)
+    assert np.isfinite(cam.heatmaps).all() and cam.heatmaps.max() == 1
+    np.testing.assert_allclose(
+        cam.target_proba, clf.predict_proba(X).max(axis=1), atol=2e-2
+    )
+    plt.close("all")
