@@ -22,6 +22,7 @@ checked against ``model(x)`` like every other cut.
 import copy
 from collections import OrderedDict
 
+import torch
 from torch import nn
 
 __all__ = ["cut_token_transformer", "is_token_transformer"]
@@ -56,6 +57,8 @@ class TokenEmbedding(nn.Module):
         return self.shell.forward_features(x)
 
     def _check_size(self, x):
+        if torch.jit.is_tracing():  # export traces at the fitted size
+            return
         patch_embed = self.shell.patch_embed
         expected = tuple(getattr(patch_embed, "img_size", None) or ())
         fixed = getattr(patch_embed, "strict_img_size", False) and not getattr(

@@ -280,3 +280,26 @@ def test_grey_model_exports_one_input_channel(emoji, tmp_path, fmt):
     assert meta["input"]["shape"] == ["batch", 1, 32, 32]
     np.testing.assert_allclose(run_exported(path, images), clf.predict_proba(X),
                                atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [("test_vit", "torchscript"), ("test_vit3", "torchscript"),
+     pytest.param("test_vit3", "onnx", marks=needs_onnx)],
+)
+def test_vision_transformer_export_equals_predict_proba(emoji, tmp_path, fmt, name):
+    # test_vit pools its class token; test_vit3 has register tokens and pools
+    # its patches by attention.
+    pytest.importorskip("timm")
+    X, y = emoji
+    clf = PretrainedCNNClassifier(
+        f"timm/{name}", weights=None, unfreeze=1, max_epochs=1, batch_size=8,
+        precision="fp32", device="cpu", num_workers=0, random_state=0,
+    ).fit(X, y)
+    path = clf.export(tmp_path / ("vit.onnx" if fmt == "onnx" else "vit.pt"), fmt)
+    for n in (1, 4):
+        images = export_inputs(X[:n], path)
+        assert images.shape == (n, 3, 160, 160)
+        np.testing.assert_allclose(
+            run_exported(path, images), clf.predict_proba(X[:n]), atol=1e-4
+        )
