@@ -19,10 +19,15 @@ machine's load hits all three alike), and each one's fastest run is kept:
 It also prints the largest difference between each exported model's
 probabilities and ``predict_proba``.
 
+Any other backbone can be measured with ``--backbone`` (e.g. a timm vision
+transformer, ``--backbone timm/vit_small_patch16_224 --weights none``:
+throughput does not depend on the weights' values, so random ones serve
+where the pretrained ones are not on this machine).
+
 Usage::
 
     python benchmarks/bench_export.py [--images 96] [--repeats 3] [--batch-size 32]
-        [--threads N]
+        [--threads N] [--backbone NAME] [--weights DEFAULT|none]
 """
 
 import argparse
@@ -39,8 +44,6 @@ import torch
 
 from sktransfer import PretrainedCNNClassifier, export_inputs
 from sktransfer.datasets import load_emoji
-
-BACKBONE = "efficientnet_lite0"
 
 
 def log(message):
@@ -100,7 +103,11 @@ def main(argv=None):
     parser.add_argument("--max-epochs", type=int, default=3)
     parser.add_argument("--images", type=int, default=96,
                         help="images to predict (the fit uses all 222)")
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--weights", default="DEFAULT",
+                        help="DEFAULT, or none for random weights")
     args = parser.parse_args(argv)
+    weights = None if args.weights.lower() == "none" else args.weights
     torch.set_num_threads(args.threads)
     X_fit, y_fit = load_emoji()
     X = X_fit[np.random.default_rng(0).permutation(len(X_fit))[: args.images]]
@@ -108,12 +115,14 @@ def main(argv=None):
     load = os.getloadavg()
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} "
           f"CPUs ({platform.processor() or platform.machine()}), load average "
-          f"{load[0]:.1f} at start; {len(X)} emoji PNGs, {BACKBONE} unfreeze=1, "
+          f"{load[0]:.1f} at start; {len(X)} emoji PNGs, {args.backbone} "
+          f"(weights {weights}) unfreeze=1, "
           f"batch {args.batch_size}, best of {args.repeats}")
 
     log("fitting ...")
     clf = PretrainedCNNClassifier(
-        BACKBONE, unfreeze=1, max_epochs=args.max_epochs, precision="fp32",
+        args.backbone, weights=weights, unfreeze=1, max_epochs=args.max_epochs,
+        precision="fp32",
         device="cpu", num_workers=0, inference_batch_size=args.batch_size,
         random_state=0,
     ).fit(X_fit, y_fit)

@@ -160,3 +160,22 @@ def test_squash_is_recorded_only_where_used():
     assert prep.crop_mode == "squash" and prep.to_dict()["crop_mode"] == "squash"
     centre = get_backbone("timm/test_vit").build(None).preprocessing
     assert centre.crop_mode == "center" and "crop_mode" not in centre.to_dict()
+
+
+def test_vit_linear_probe_pipeline(colour_images):
+    # The user guide's DINOv2 probe, with a small random ViT.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+
+    from sktransfer import PretrainedFeatureExtractor
+
+    X, y = colour_images
+    extractor = PretrainedFeatureExtractor(
+        "timm/test_vit", weights=None, device="cpu", num_workers=0,
+        precision="fp32",
+    )
+    assert extractor.fit(X).transform(X[:3]).shape == (3, 64)
+    probe = make_pipeline(extractor, LogisticRegression(max_iter=1000))
+    scores = cross_val_score(probe, X, y, cv=3)
+    assert scores.mean() > 0.9  # red against green: separable even at random
