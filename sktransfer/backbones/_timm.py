@@ -377,6 +377,36 @@ def _make_timm_builder(model_name):
     return build
 
 
+def _pretrained_files_cached(cfg):
+    """Whether timm would find ``cfg``'s weights without a network."""
+    if not _has_pretrained_source(cfg):
+        return False
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache  # a timm dependency
+
+        names = [getattr(cfg, "hf_hub_filename", None), "model.safetensors",
+                 "pytorch_model.bin", "open_clip_model.safetensors"]
+        repo = cfg.hf_hub_id.split("@")[0]
+        return any(
+            isinstance(try_to_load_from_cache(repo, name), str)
+            for name in names if name
+        )
+    if cfg.url:
+        checkpoints = os.path.join(torch.hub.get_dir(), "checkpoints")
+        return os.path.isfile(os.path.join(checkpoints, os.path.basename(cfg.url)))
+    return bool(cfg.file and os.path.isfile(cfg.file))
+
+
+def _describe_timm(model_name):
+    """Evaluation crop size from timm's config; whether its weights are cached."""
+    timm = import_timm()
+    with torch.device("meta"):  # the config only: nothing allocated
+        model = timm.create_model(model_name, pretrained=False, num_classes=0)
+    input_size = int(timm_eval_config(timm, model)["input_size"][-1])
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    return input_size, _pretrained_files_cached(cfg)
+
+
 @functools.lru_cache(maxsize=None)
 def timm_backbone(model_name):
     """The :class:`BackboneSpec` of timm model ``model_name``.
@@ -412,6 +442,7 @@ def timm_backbone(model_name):
         n_blocks=n_blocks,
         source="timm",
         extra="timm",
+        describe=functools.partial(_describe_timm, model_name),
     )
 
 

