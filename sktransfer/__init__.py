@@ -11,6 +11,7 @@ command line. ``_runtime`` is the only place that reads the hardware and
 
 from ._cache import clear_feature_cache
 from ._classifier import PretrainedCNNClassifier
+from ._dask_cache import dask_cache_features
 from ._dask_inference import dask_predict
 from ._extractor import PretrainedFeatureExtractor
 from ._folder import load_image_folder
@@ -40,6 +41,7 @@ __all__ = [
     "PretrainedFeatureExtractor",
     "__version__",
     "clear_feature_cache",
+    "dask_cache_features",
     "dask_predict",
     "export_inputs",
     "get_backbone",

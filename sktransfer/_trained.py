@@ -22,7 +22,7 @@ from ._base import TransferEstimatorBase
 from ._compat import Interval, StrOptions, check_sample_weight
 from ._frozen import find_bad_images, map_features, map_views, training_features
 from ._images import BadImagesError, warn_skipped
-from ._module import build_transfer_module
+from ._module import build_transfer_module, frozen_prefix
 from ._recipe import Recipe, run_in_batches, train_transfer_model
 from ._runtime import limit_threads_in_worker, seeded, torch_seed
 from ._sources import check_images
@@ -120,16 +120,37 @@ class TrainedTransferBase(
             frozen_dtype=self.frozen_dtype_,
         )
 
+    def _build_backbone(self):
+        """Build and record the backbone as a fresh fit does; returns its parts.
+
+        Call it seeded: random weights come from the RNG.
+        """
+        spec, parts = self._backbone_parts(self.weights)
+        n_frozen = spec.n_blocks - self._n_unfrozen(spec.n_blocks)
+        self._record_backbone(spec, parts, n_frozen)
+        return parts
+
     def _build_model(self, seed):
         """Build backbone and head as a fresh fit does, seeded with ``seed``."""
         with seeded(seed, self.device_):
-            spec, parts = self._backbone_parts(self.weights)
-            n_frozen = spec.n_blocks - self._n_unfrozen(spec.n_blocks)
-            self._record_backbone(spec, parts, n_frozen)
+            parts = self._build_backbone()
             module = self._architecture("model_", parts)
         widths = (parts.feature_dim, *self.hidden_layer_sizes)
         self.n_features_out_ = int(widths[-1])
         return self._place_module(module)
+
+    def _fit_frozen_pass(self):
+        """The frozen pass a fresh :meth:`fit` would run, built without ``y``.
+
+        The same backbone, seed, prefix, preprocessing and precision, hence
+        the same feature-cache key: what it stores, ``fit`` finds.
+        """
+        self._setup_runtime()
+        self.torch_seed_ = seed = torch_seed(self.random_state)
+        with seeded(seed, self.device_):
+            parts = self._build_backbone()
+        prefix = frozen_prefix(parts, self.n_frozen_blocks_)
+        return self._frozen_pass(self._place_module(prefix))
 
     # -- fitting ----------------------------------------------------------
 
