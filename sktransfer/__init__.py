@@ -11,7 +11,7 @@ command line. ``_runtime`` is the only place that reads the hardware and
 
 from ._cache import clear_feature_cache
 from ._classifier import PretrainedCNNClassifier
-from ._dask_cache import dask_cache_features
+from ._cluster_cache import cache_features, dask_cache_features
 from ._dask_inference import dask_predict
 from ._extractor import PretrainedFeatureExtractor
 from ._folder import load_image_folder
@@ -40,6 +40,7 @@ __all__ = [
     "PretrainedCNNRegressor",
     "PretrainedFeatureExtractor",
     "__version__",
+    "cache_features",
     "clear_feature_cache",
     "dask_cache_features",
     "dask_predict",

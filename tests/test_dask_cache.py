@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 import sktransfer._frozen
-from sktransfer import PretrainedCNNClassifier, dask_cache_features, dask_predict
-from sktransfer._dask_cache import _worker_pass
+from sktransfer import (
+    PretrainedCNNClassifier,
+    cache_features,
+    dask_cache_features,
+    dask_predict,
+)
+from sktransfer._cluster_cache import _worker_pass
 
 distributed = pytest.importorskip("dask.distributed")
 da = pytest.importorskip("dask.array")
@@ -130,3 +135,26 @@ def test_local_array_is_refused(tmp_path):
     clf = PretrainedCNNClassifier(**PARAMS, cache=str(tmp_path))
     with pytest.raises(TypeError, match="1-D dask array"):
         dask_cache_features(clf, np.array(["a.png"]))
+
+
+def test_cache_features_in_this_process_then_fit(colour_images, tmp_path,
+                                                 monkeypatch):
+    # The engine-agnostic step: any worker that sees the directory can run it.
+    X, y = colour_images
+    params = dict(PARAMS, precision="fp32", cache=str(tmp_path))
+    clf = PretrainedCNNClassifier(**params)
+    assert cache_features(clf, X[:10]) == []
+    assert cache_features(clf, X[10:], precision="fp32") == []
+    reference = PretrainedCNNClassifier(**{**params, "cache": False}).fit(X, y)
+    sktransfer.clear_feature_cache()
+    with monkeypatch.context() as patch:
+        patch.setattr(sktransfer._frozen, "_run_frozen", _refuse_frozen_runs)
+        clf.fit(X, y)
+    np.testing.assert_allclose(clf.predict_proba(X), reference.predict_proba(X),
+                               atol=1e-6)
+    # A fit in another precision has another key: nothing is found for it.
+    other = PretrainedCNNClassifier(**{**params, "precision": "bf16"})
+    with pytest.raises(AssertionError, match="cache was not used"):
+        with monkeypatch.context() as patch:
+            patch.setattr(sktransfer._frozen, "_run_frozen", _refuse_frozen_runs)
+            other.fit(X, y)

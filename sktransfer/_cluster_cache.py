@@ -1,17 +1,20 @@
-"""Spread the frozen-feature extraction of a fit over a Dask cluster.
+"""Compute the frozen features of a fit ahead of it, anywhere, into the cache.
 
 A fit spends most of its time running the frozen prefix over every image
 once; training the head or the last blocks then reads those features from
 the feature cache. With ``cache=`` a directory that every worker and the
-fitting process can read, the extraction can run on the workers first:
-each one builds the frozen prefix the fit would build (the same backbone,
-seed, preprocessing and precision, hence the same cache key), runs it over
-its blocks of paths and writes the features into the shared directory.
-``fit`` then finds every image there and only trains.
+fitting process can read, the extraction can run elsewhere first:
+:func:`cache_features` builds the frozen prefix the fit would build (the
+same backbone, seed, preprocessing and precision, hence the same cache
+key), runs it over some paths and writes their features into the shared
+directory. Any engine can call it on blocks of paths (Ray, joblib, a batch
+scheduler); :func:`dask_cache_features` does so on a Dask cluster. ``fit``
+then finds every image there and only trains.
 
-The prefix is built once per worker (per estimator and precision), not per
-block: the estimator is scattered to every worker once, and the built pass
-is kept for the next block.
+The prefix is built once per process for one estimator object and
+precision, not once per call, so a worker that keeps the estimator (a Dask
+worker given it by ``scatter``, a Ray actor) builds it once for all its
+blocks.
 """
 
 import dataclasses
@@ -25,7 +28,7 @@ from ._frozen import extract_features
 from ._runtime import PRECISIONS
 from ._sources import as_image_sources
 
-__all__ = ["dask_cache_features"]
+__all__ = ["cache_features", "dask_cache_features"]
 
 
 def _precision_name(dtype):
@@ -52,29 +55,90 @@ def _check_uses_cache(estimator):
         )
 
 
-@functools.lru_cache(maxsize=4)
-def _worker_pass(estimator, precision):
-    """The frozen pass on this worker, built once per estimator and precision."""
-    local = clone(estimator).set_params(precision=precision)
+def _built_pass(estimator, precision):
+    """The frozen pass a fit of ``estimator`` would run here, in ``precision``."""
+    local = clone(estimator)
+    if precision is not None:
+        local.set_params(precision=precision)
     frozen_pass = local._fit_frozen_pass()
+    if frozen_pass.cache_key is None:
+        raise ValueError(
+            "With weights=None and random_state=None every build draws other "
+            "random weights, so their features are never cached; set an int "
+            "random_state."
+        )
     # The disk store only: the process-wide memory store would keep every
-    # block's features on the worker for nothing.
+    # block's features here for nothing.
     return dataclasses.replace(frozen_pass, stores=(_disk_store(local),))
 
 
+@functools.lru_cache(maxsize=4)
+def _worker_pass(estimator, precision):
+    """:func:`_built_pass`, built once per estimator object and precision."""
+    return _built_pass(estimator, precision)
+
+
+def _write_features(estimator, paths, precision):
+    """Features of ``paths`` into the cache; ``(index, reason)`` of failures."""
+    _, errors = extract_features(
+        _worker_pass(estimator, precision), paths, max_bytes=None
+    )
+    return errors
+
+
+def cache_features(estimator, X, *, precision=None):
+    """Write the frozen features a fit of ``estimator`` needs for ``X`` to its cache.
+
+    The engine-agnostic step of :func:`dask_cache_features`: call it on
+    blocks of paths from any worker (a Ray task or actor, a joblib job, a
+    batch job) that sees the estimator's cache directory; a later
+    ``estimator.fit`` on those images reads their features instead of
+    running the frozen part. Images already in the cache are skipped.
+
+    Parameters
+    ----------
+    estimator : PretrainedCNNClassifier or PretrainedCNNRegressor
+        Unfitted (its parameters are what counts), with ``cache=`` a
+        directory and ``augment=False``; random weights (``weights=None``)
+        need an int ``random_state``.
+    X : array-like of shape (n_images,)
+        Image paths.
+    precision : {"fp32", "bf16", "fp16"} or None, default=None
+        Precision to run in; None resolves the estimator's own ``precision``
+        on this machine. The fit finds the features only if it runs in the
+        same one: give the one the fitting machine uses when the two differ
+        (``"auto"`` is bf16 on some CPUs and all recent GPUs, float32 on
+        other CPUs).
+
+    Returns
+    -------
+    errors : list of (str, str)
+        ``(path, reason)`` of every image that could not be read.
+
+    Examples
+    --------
+    >>> from sktransfer import PretrainedCNNClassifier, cache_features
+    >>> clf = PretrainedCNNClassifier("resnet50", cache="/shared/features")
+    >>> errors = cache_features(clf, block_of_paths)  # doctest: +SKIP
+    """
+    _disk_store(estimator)
+    _check_uses_cache(estimator)
+    paths = np.asarray(X, dtype=object)
+    errors = _write_features(estimator, paths, precision)
+    return [(str(paths[i]), reason) for i, reason in errors]
+
+
 def _extract_block(paths, estimator, precision, expected_key):
-    frozen_pass = _worker_pass(estimator, precision)
-    if frozen_pass.cache_key != expected_key:
+    if _worker_pass(estimator, precision).cache_key != expected_key:
         raise RuntimeError(
             "A worker builds a different frozen part than this process (its "
             "feature-cache key differs), so fit would not find its features. "
             "Use the same versions of sktransfer, torch, torchvision and timm, "
             "and the same weights files, on every worker."
         )
-    paths = np.asarray(paths, dtype=object)
-    _, errors = extract_features(frozen_pass, paths, max_bytes=None)
     reasons = np.full(len(paths), "", dtype=object)
-    for i, reason in errors:
+    for i, reason in _write_features(estimator, np.asarray(paths, dtype=object),
+                                     precision):
         reasons[i] = reason
     return reasons
 
@@ -148,13 +212,7 @@ def dask_cache_features(estimator, X, *, client=None):
     store = _disk_store(estimator)
     _check_uses_cache(estimator)
     # The pass this process would fit with: its precision and cache key.
-    local_pass = clone(estimator)._fit_frozen_pass()
-    if local_pass.cache_key is None:
-        raise ValueError(
-            "With weights=None and random_state=None every build draws other "
-            "random weights, so their features are never cached; set an int "
-            "random_state."
-        )
+    local_pass = _built_pass(estimator, None)
     precision = _precision_name(local_pass.dtype)
     client = client or get_client()
     model = client.scatter(clone(estimator), broadcast=True, hash=False)
