@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench bench-accuracy lint docs test-oldest clean
+.PHONY: install test demo bench bench-scale bench-accuracy lint docs test-oldest clean
 
 # The venv is (re)installed when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -70,6 +70,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# Time per image and peak memory at 1,000 to 20,000 images (about 25 min on
+# two cores); ARGS="--sizes 200,400 --workers-n 200" for a quick look.
+bench-scale: $(STAMP)
+	$(PY) benchmarks/bench_scale.py $(ARGS)
 
 # test_bad_sample_weight matches scikit-learn's own all-zero message, which
 # scikit-learn 1.9 added; older releases get sktransfer's own ValueError.
