@@ -233,6 +233,15 @@ class _Rows:
         self.spill_dir = spill_dir
         self.dtype = dtype
         self.tensor = None
+        self.spilled = False
+
+    def keeps_in(self, store):
+        """Whether rows go into ``store`` too.
+
+        Rows beyond ``max_bytes`` are on disk because memory was not to hold
+        them, so no in-memory store keeps a copy either.
+        """
+        return not self.spilled or isinstance(store, DiskFeatureStore)
 
     def _allocate(self, row_shape):
         shape = (self.n, *row_shape)
@@ -249,6 +258,7 @@ class _Rows:
                 disk=(self.spill_dir, free),
             )
         self.tensor = disk_tensor(shape, self.spill_dir, dtype=self.dtype)
+        self.spilled = True
 
     def set_one(self, i, row):
         if self.tensor is None:
@@ -334,7 +344,8 @@ def _lookup(frozen_pass, stores, model_key, paths, fingerprints, rows):
                 break
             rows.set_one(i, found)
             for faster in stores[:s]:
-                faster.put(model_key, fp, found)
+                if rows.keeps_in(faster):
+                    faster.put(model_key, fp, found)
             hits[i] = True
             break
     return hits, errors
@@ -407,7 +418,8 @@ def extract_features(frozen_pass, paths, *, max_bytes=None, use_cache=True,
                 for i, row in zip(idx, out.unbind(0)):
                     if fingerprints[i] is not None:
                         for store in stores:
-                            store.put(model_key, fingerprints[i], row)
+                            if rows.keeps_in(store):
+                                store.put(model_key, fingerprints[i], row)
     errors.sort()
     return rows.tensor, errors
 

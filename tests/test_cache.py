@@ -248,12 +248,30 @@ def test_memory_bound_spills_the_features_to_a_memory_mapped_file(
         bounded.fit(X, y)
     assert [tuple(t.shape) for t in mapped] == [(len(X), 16, 8, 8)]
     assert is_disk_backed(mapped[0])
+    # Memory was not to hold them: the process-wide memory store has no copy.
+    assert len(memory_store()) == 0
     # The frozen part ran once over the images, not every epoch.
     assert frozen_calls.take() == len(X)
     assert list(spill_dir.iterdir()) == []  # the file has no name left
     np.testing.assert_allclose(
         cached.predict_proba(X), bounded.predict_proba(X), rtol=1e-5, atol=1e-6
     )
+
+
+def test_spilled_features_go_to_the_disk_cache_but_not_to_memory(
+    colour_images, tiny_params, frozen_calls, tmp_path
+):
+    X, y = colour_images
+    params = dict(tiny_params, unfreeze=1, cache=str(tmp_path),
+                  cache_max_gb=30 / 1024**2)
+    PretrainedCNNClassifier(**params).fit(X, y)
+    assert frozen_calls.take() == len(X)
+    assert len(memory_store()) == 0
+    assert len(list(DiskFeatureStore(tmp_path).directory.rglob("*.feat"))) == len(X)
+    # A second fit reads them from the disk, still not copying them to memory.
+    PretrainedCNNClassifier(**params).fit(X, y)
+    assert frozen_calls.take() == 0
+    assert len(memory_store()) == 0
 
 
 def test_memory_bound_without_disk_room_falls_back_to_uncached_training(
