@@ -24,6 +24,7 @@ import numpy as np
 from sklearn.base import clone
 
 from ._cache import DiskFeatureStore, stores_for
+from ._dask_inference import dask_path_array
 from ._frozen import extract_features
 from ._runtime import PRECISIONS
 from ._sources import as_image_sources
@@ -195,20 +196,15 @@ def dask_cache_features(estimator, X, *, client=None):
     """
     try:
         import dask
-        import dask.array as da
         from dask.distributed import get_client
     except ImportError as exc:
         raise ImportError(
             'dask_cache_features needs Dask: pip install "sktransfer[dask]"'
         ) from exc
 
-    if not hasattr(X, "chunks") and hasattr(X, "to_dask_array"):
-        X = X.to_dask_array(lengths=True)
-    if not isinstance(X, da.Array) or X.ndim != 1:
-        raise TypeError(
-            "X must be a 1-D dask array or a dask DataFrame column of image "
-            f"paths; got {type(X).__name__}."
-        )
+    X = dask_path_array(
+        X, "For a local array, use cache_features, or fit directly."
+    )
     store = _disk_store(estimator)
     _check_uses_cache(estimator)
     # The pass this process would fit with: its precision and cache key.

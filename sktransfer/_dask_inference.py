@@ -12,7 +12,7 @@ declared with their true shape and dtype.
 
 import numpy as np
 
-__all__ = ["dask_predict"]
+__all__ = ["dask_path_array", "dask_predict"]
 
 _METHODS = ("predict", "predict_proba", "transform")
 
@@ -35,6 +35,24 @@ def _output_layout(estimator, method):
             )
         return len(estimator.classes_), np.dtype(np.int64)
     return None, estimator.classes_.dtype
+
+
+def dask_path_array(X, local_hint):
+    """``X`` as a 1-D dask array of paths; a DataFrame column gets its lengths.
+
+    ``local_hint`` ends the error for anything else: what to do with a
+    local array instead.
+    """
+    import dask.array as da
+
+    if not hasattr(X, "chunks") and hasattr(X, "to_dask_array"):
+        X = X.to_dask_array(lengths=True)
+    if not isinstance(X, da.Array) or X.ndim != 1:
+        raise TypeError(
+            "X must be a 1-D dask array or a dask DataFrame column of image "
+            f"paths; got {type(X).__name__}. {local_hint}"
+        )
+    return X
 
 
 def _call(paths, estimator, method, dtype):
@@ -75,7 +93,6 @@ def dask_predict(estimator, X, method="predict", *, client=None):
     >>> labels = dask_predict(clf, paths).compute()  # doctest: +SKIP
     """
     try:
-        import dask.array as da
         from dask.distributed import get_client
     except ImportError as exc:
         raise ImportError(
@@ -86,14 +103,9 @@ def dask_predict(estimator, X, method="predict", *, client=None):
         raise ValueError(
             f"method must be one of {_METHODS}; got {method!r}."
         )
-    if not hasattr(X, "chunks") and hasattr(X, "to_dask_array"):
-        X = X.to_dask_array(lengths=True)
-    if not isinstance(X, da.Array) or X.ndim != 1:
-        raise TypeError(
-            "X must be a 1-D dask array or a dask DataFrame column of image "
-            f"paths; got {type(X).__name__}. For a local array, call the "
-            f"estimator's {method} directly."
-        )
+    X = dask_path_array(
+        X, f"For a local array, call the estimator's {method} directly."
+    )
     client = client or get_client()
     width, dtype = _output_layout(estimator, method)
     model = client.scatter(estimator, broadcast=True, hash=False)

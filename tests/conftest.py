@@ -126,3 +126,36 @@ def tiny_params():
         backbone="tiny_cnn", weights=None, max_epochs=3, lr=0.05, batch_size=8,
         random_state=0, device="cpu", num_workers=0, head_solver="epochs",
     )
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A two-process LocalCluster, one thread a worker, for one test module."""
+    distributed = pytest.importorskip("dask.distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None,
+    )
+    with cluster, distributed.Client(cluster) as client:
+        yield client
+
+
+@pytest.fixture
+def fit_from_cache_only(monkeypatch):
+    """``fit(estimator, X, y)`` that fails if it runs the frozen part.
+
+    The process-wide memory cache is emptied first, so only a disk cache can
+    serve the features.
+    """
+    import sktransfer._frozen
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fit ran the frozen part: the cache was not used")
+
+    def fit(estimator, X, y):
+        clear_feature_cache()
+        with monkeypatch.context() as patch:
+            patch.setattr(sktransfer._frozen, "_run_frozen", refuse)
+            return estimator.fit(X, y)
+
+    return fit

@@ -5,7 +5,6 @@ import sys
 import numpy as np
 import pytest
 
-import sktransfer._frozen
 from sktransfer import (
     PretrainedCNNClassifier,
     cache_features,
@@ -27,13 +26,8 @@ PARAMS = dict(backbone="resnet18", weights=None, image_size=32, max_epochs=2,
 
 
 @pytest.fixture(scope="module")
-def client():
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None,
-    )
-    with cluster, distributed.Client(cluster) as client:
-        yield client
+def client(dask_client):
+    return dask_client
 
 
 def _reset_worker_counts():
@@ -64,14 +58,10 @@ def _worker_pass_builds():
     return _worker_pass.cache_info().misses
 
 
-def _refuse_frozen_runs(*args, **kwargs):
-    raise AssertionError("fit ran the frozen part: the cache was not used")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("unfreeze", [0, 1])
 def test_fit_reads_what_the_workers_computed(client, colour_images, tmp_path,
-                                             monkeypatch, unfreeze):
+                                             fit_from_cache_only, unfreeze):
     X, y = colour_images
     # precision="auto": the workers follow this process's resolution.
     params = dict(PARAMS, unfreeze=unfreeze, precision="auto")
@@ -86,10 +76,7 @@ def test_fit_reads_what_the_workers_computed(client, colour_images, tmp_path,
     assert sorted(client.run(_n_unpickled).values()) == [1, 1]
     builds = list(client.run(_worker_pass_builds).values())
     assert max(builds) == 1 and sum(builds) >= 1
-    sktransfer.clear_feature_cache()  # only the disk can serve the fit
-    with monkeypatch.context() as patch:
-        patch.setattr(sktransfer._frozen, "_run_frozen", _refuse_frozen_runs)
-        clf.fit(X, y)
+    fit_from_cache_only(clf, X, y)
     np.testing.assert_allclose(clf.predict_proba(X), reference.predict_proba(X),
                                atol=1e-6)
 
@@ -138,7 +125,7 @@ def test_local_array_is_refused(tmp_path):
 
 
 def test_cache_features_in_this_process_then_fit(colour_images, tmp_path,
-                                                 monkeypatch):
+                                                 fit_from_cache_only):
     # The engine-agnostic step: any worker that sees the directory can run it.
     X, y = colour_images
     params = dict(PARAMS, precision="fp32", cache=str(tmp_path))
@@ -146,15 +133,10 @@ def test_cache_features_in_this_process_then_fit(colour_images, tmp_path,
     assert cache_features(clf, X[:10]) == []
     assert cache_features(clf, X[10:], precision="fp32") == []
     reference = PretrainedCNNClassifier(**{**params, "cache": False}).fit(X, y)
-    sktransfer.clear_feature_cache()
-    with monkeypatch.context() as patch:
-        patch.setattr(sktransfer._frozen, "_run_frozen", _refuse_frozen_runs)
-        clf.fit(X, y)
+    fit_from_cache_only(clf, X, y)
     np.testing.assert_allclose(clf.predict_proba(X), reference.predict_proba(X),
                                atol=1e-6)
     # A fit in another precision has another key: nothing is found for it.
     other = PretrainedCNNClassifier(**{**params, "precision": "bf16"})
     with pytest.raises(AssertionError, match="cache was not used"):
-        with monkeypatch.context() as patch:
-            patch.setattr(sktransfer._frozen, "_run_frozen", _refuse_frozen_runs)
-            other.fit(X, y)
+        fit_from_cache_only(other, X, y)

@@ -9,8 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-import sktransfer._frozen
-from sktransfer import PretrainedCNNClassifier, cache_features, clear_feature_cache
+from sktransfer import PretrainedCNNClassifier, cache_features
 from sktransfer._cluster_cache import _worker_pass
 
 ray = pytest.importorskip("ray")
@@ -52,13 +51,9 @@ class _Predict:
         return {"path": batch["path"], "label": self.model.predict(batch["path"])}
 
 
-def _refuse_frozen_runs(*args, **kwargs):
-    raise AssertionError("fit ran the frozen part: the cache was not used")
-
-
 @pytest.mark.slow
 def test_ray_actors_fill_the_cache_that_fit_reads(local_ray, colour_images,
-                                                  tmp_path, monkeypatch):
+                                                  tmp_path, fit_from_cache_only):
     X, y = colour_images
     clf = PretrainedCNNClassifier(**PARAMS, cache=str(tmp_path))
     filler = ray.remote(num_cpus=1)(_CacheFiller)
@@ -71,10 +66,7 @@ def test_ray_actors_fill_the_cache_that_fit_reads(local_ray, colour_images,
     for actor in actors:
         ray.kill(actor)  # give their CPUs back
     reference = PretrainedCNNClassifier(**PARAMS, cache=False).fit(X, y)
-    clear_feature_cache()
-    with monkeypatch.context() as patch:
-        patch.setattr(sktransfer._frozen, "_run_frozen", _refuse_frozen_runs)
-        clf.fit(X, y)
+    fit_from_cache_only(clf, X, y)
     np.testing.assert_allclose(clf.predict_proba(X), reference.predict_proba(X),
                                atol=1e-6)
 
