@@ -40,9 +40,9 @@ def _disk_store(estimator):
     disk = [s for s in stores_for(estimator.cache) if isinstance(s, DiskFeatureStore)]
     if not disk:
         raise ValueError(
-            "dask_cache_features writes the features where fit will read them, "
-            "so the estimator needs cache= a directory that every worker and "
-            f"this process share; got cache={estimator.cache!r}."
+            "Features computed ahead of a fit are written where the fit reads "
+            "them, so the estimator needs cache= a directory that every worker "
+            f"and the fitting process share; got cache={estimator.cache!r}."
         )
     return disk[0]
 
@@ -52,7 +52,7 @@ def _check_uses_cache(estimator):
         raise ValueError(
             f"With augment={estimator.augment!r}, fit computes new views of "
             "each image every epoch and does not read the feature cache; "
-            "dask_cache_features only helps fits with augment=False."
+            "computing features ahead only helps fits with augment=False."
         )
 
 
