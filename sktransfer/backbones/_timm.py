@@ -36,8 +36,13 @@ from ._registry import (
     register_prefix,
     set_feature_layout,
 )
-from ._timm_tokens import cut_token_transformer, is_token_transformer
+from ._timm_tokens import (
+    cut_token_transformer,
+    fixed_image_size,
+    is_token_transformer,
+)
 from ._weights import (
+    hub_checkpoint,
     is_weights_path,
     load_backbone_state,
     load_state_dict_file,
@@ -83,11 +88,8 @@ def timm_eval_config(timm, model):
     its training size cannot take another size, so it keeps that one.
     """
     config = timm.data.resolve_data_config({}, model=model, use_test_size=True)
-    patch_embed = getattr(model, "patch_embed", None)
-    fixed = getattr(patch_embed, "strict_img_size", False) and not getattr(
-        model, "dynamic_img_size", False
-    )
-    if fixed and tuple(config["input_size"][1:]) != tuple(patch_embed.img_size):
+    fixed = fixed_image_size(model)
+    if fixed and tuple(config["input_size"][1:]) != fixed:
         config = timm.data.resolve_data_config({}, model=model)
     return config
 
@@ -392,8 +394,7 @@ def _pretrained_files_cached(cfg):
             for name in names if name
         )
     if cfg.url:
-        checkpoints = os.path.join(torch.hub.get_dir(), "checkpoints")
-        return os.path.isfile(os.path.join(checkpoints, os.path.basename(cfg.url)))
+        return hub_checkpoint(cfg.url).is_file()
     return bool(cfg.file and os.path.isfile(cfg.file))
 
 

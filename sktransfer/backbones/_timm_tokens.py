@@ -25,7 +25,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-__all__ = ["cut_token_transformer", "is_token_transformer"]
+__all__ = ["cut_token_transformer", "fixed_image_size", "is_token_transformer"]
 
 # Children used only by ``forward_head``: the neck keeps them, the prefix
 # does not.
@@ -45,6 +45,20 @@ def is_token_transformer(model):
     )
 
 
+def fixed_image_size(model):
+    """``(height, width)`` a timm model's position embeddings are fixed to.
+
+    None when it takes any size: no patch embedding, or one that resamples
+    its position embeddings (``dynamic_img_size``) or is not strict.
+    """
+    patch_embed = getattr(model, "patch_embed", None)
+    fixed = getattr(patch_embed, "strict_img_size", False) and not getattr(
+        model, "dynamic_img_size", False
+    )
+    size = getattr(patch_embed, "img_size", None)
+    return tuple(size) if fixed and size else None
+
+
 class TokenEmbedding(nn.Module):
     """Image to tokens: the model's ``forward_features`` without its blocks."""
 
@@ -59,12 +73,8 @@ class TokenEmbedding(nn.Module):
     def _check_size(self, x):
         if torch.jit.is_tracing():  # export traces at the fitted size
             return
-        patch_embed = self.shell.patch_embed
-        expected = tuple(getattr(patch_embed, "img_size", None) or ())
-        fixed = getattr(patch_embed, "strict_img_size", False) and not getattr(
-            self.shell, "dynamic_img_size", False
-        )
-        if fixed and expected and tuple(x.shape[-2:]) != expected:
+        expected = fixed_image_size(self.shell)
+        if expected and tuple(x.shape[-2:]) != expected:
             raise ValueError(
                 f"This transformer's position embeddings are for "
                 f"{expected[0]}x{expected[1]} images, but it was given "

@@ -8,10 +8,10 @@ from torchvision.models import get_model, get_model_weights
 from .._transforms import Preprocessing
 from ._registry import BackboneParts, BackboneSpec, register_backbone
 from ._weights import (
+    hub_checkpoint,
     is_weights_path,
     load_backbone_state,
     load_torchvision_weights,
-    torchvision_checkpoint,
     weights_file_id,
 )
 
@@ -113,7 +113,7 @@ def _make_torchvision_description(name):
     def describe():
         default = get_model_weights(name).DEFAULT
         input_size = Preprocessing.from_torchvision(default).crop_size
-        return input_size, torchvision_checkpoint(default).is_file()
+        return input_size, hub_checkpoint(default.url).is_file()
 
     return describe
 

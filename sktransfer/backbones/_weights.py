@@ -14,6 +14,7 @@ import torch
 
 __all__ = [
     "file_sha256",
+    "hub_checkpoint",
     "is_weights_path",
     "load_backbone_state",
     "load_state_dict_file",
@@ -148,11 +149,9 @@ def load_backbone_state(model, path, classifier_prefixes):
     return model
 
 
-def torchvision_checkpoint(weights_enum):
-    """Where torch.hub keeps the file of ``weights_enum``, present or not."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(
-        weights_enum.url
-    )
+def hub_checkpoint(url):
+    """Where torch.hub keeps the file downloaded from ``url``, present or not."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
 def load_torchvision_weights(model, weights_enum, model_name):
@@ -162,7 +161,7 @@ def load_torchvision_weights(model, weights_enum, model_name):
     first time; later calls, and machines where the file was copied there,
     need no network.
     """
-    checkpoint = torchvision_checkpoint(weights_enum)
+    checkpoint = hub_checkpoint(weights_enum.url)
     checkpoint_dir, filename = checkpoint.parent, checkpoint.name
     try:
         # torch.hub unpickles with weights_only=False by default, which would
