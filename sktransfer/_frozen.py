@@ -245,7 +245,7 @@ class _Rows:
 
     def _allocate(self, row_shape):
         shape = (self.n, *row_shape)
-        n_bytes = _itemsize(self.dtype) * math.prod(shape)
+        n_bytes = self.dtype.itemsize * math.prod(shape)
         if self.max_bytes is None or n_bytes <= self.max_bytes:
             self.tensor = torch.zeros(shape, dtype=self.dtype)
             return
@@ -269,10 +269,6 @@ class _Rows:
         if self.tensor is None:
             self._allocate(batch.shape[1:])
         self.tensor[torch.as_tensor(indices, dtype=torch.long)] = batch
-
-
-def _itemsize(dtype):
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def _expected_row_shape(frozen_pass):
@@ -573,7 +569,7 @@ def view_features(frozen_pass, decoded, transforms, *, max_bytes=None,
                 batch = frozen_pass.module(images).to(stored).cpu()
                 if out is None:
                     shape = (len(transforms), len(decoded), *batch.shape[1:])
-                    n_bytes = math.prod(shape) * _itemsize(stored)
+                    n_bytes = math.prod(shape) * stored.itemsize
                     if max_bytes is not None and n_bytes > max_bytes:
                         raise FeatureCacheTooLarge(
                             n_bytes, max_bytes, tuple(batch.shape[1:]),
