@@ -26,6 +26,7 @@ and two images.
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import uuid
@@ -440,10 +441,10 @@ def export_inputs(X, metadata, *, max_image_pixels=None):
     """
     meta = _read_metadata(metadata)
     paths = check_image_paths(X)
-    fields = ("resize_size", "crop_size", "mean", "std", "interpolation",
-              "intensity", "channels", "crop_mode")
-    # Sidecars written before intensity existed keep the Preprocessing
-    # default, which is what those models did.
+    fields = [f.name for f in dataclasses.fields(Preprocessing)]
+    # Fields a sidecar was written without (intensity, channels, crop_mode in
+    # older ones) keep the Preprocessing default, which is what those models
+    # did; its other keys ("steps") describe the same for people.
     prep = Preprocessing.from_dict(
         {k: meta["preprocessing"][k] for k in fields if k in meta["preprocessing"]}
     )
