@@ -57,7 +57,13 @@ def _check_uses_cache(estimator):
 
 
 def _built_pass(estimator, precision):
-    """The frozen pass a fit of ``estimator`` would run here, in ``precision``."""
+    """The frozen pass a fit of ``estimator`` would run here, in ``precision``.
+
+    Refuses, before building anything, an estimator whose fit would not read
+    what it writes.
+    """
+    store = _disk_store(estimator)
+    _check_uses_cache(estimator)
     local = clone(estimator)
     if precision is not None:
         local.set_params(precision=precision)
@@ -70,7 +76,7 @@ def _built_pass(estimator, precision):
         )
     # The disk store only: the process-wide memory store would keep every
     # block's features here for nothing.
-    return dataclasses.replace(frozen_pass, stores=(_disk_store(local),))
+    return dataclasses.replace(frozen_pass, stores=(store,))
 
 
 @functools.lru_cache(maxsize=4)
@@ -122,8 +128,6 @@ def cache_features(estimator, X, *, precision=None):
     >>> clf = PretrainedCNNClassifier("resnet50", cache="/shared/features")
     >>> errors = cache_features(clf, block_of_paths)  # doctest: +SKIP
     """
-    _disk_store(estimator)
-    _check_uses_cache(estimator)
     paths = np.asarray(X, dtype=object)
     errors = _write_features(estimator, paths, precision)
     return [(str(paths[i]), reason) for i, reason in errors]
@@ -205,10 +209,9 @@ def dask_cache_features(estimator, X, *, client=None):
     X = dask_path_array(
         X, "For a local array, use cache_features, or fit directly."
     )
-    store = _disk_store(estimator)
-    _check_uses_cache(estimator)
     # The pass this process would fit with: its precision and cache key.
     local_pass = _built_pass(estimator, None)
+    (store,) = local_pass.stores
     precision = _precision_name(local_pass.dtype)
     client = client or get_client()
     model = client.scatter(clone(estimator), broadcast=True, hash=False)
